@@ -1,0 +1,96 @@
+"""asyncllm: asynchronous LLM request processing on AWS SQS.
+
+Submit a chat request to an SQS request queue and get its id at once; workers
+run the handler you decorated on an `AsyncLLM` app and publish an
+`AsyncResponse` to a response queue, where the result is looked up by id.
+"""
+
+from ._app import AsyncLLM, AsyncResult, Handler
+from ._broker import Broker, MemoryBroker, Received, SQSBroker
+from ._config import Settings
+from ._errors import (
+    AsyncLLMError,
+    ConfigurationError,
+    HandlerError,
+    InvalidMessage,
+    PayloadTooLarge,
+    QueueSetupError,
+    RequestFailed,
+    ResultError,
+    ResultNotFound,
+    ResultTimeout,
+    RetryAfter,
+    TerminalError,
+    TransportError,
+    UnknownHandler,
+)
+from ._models import (
+    AsyncRequest,
+    AsyncResponse,
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    ErrorInfo,
+    Usage,
+    now_timestamp,
+    parse_timestamp,
+)
+from ._queues import QueueOptions, QueueSetup
+from ._results import (
+    MemoryResultStore,
+    ResultStore,
+    SQLiteResultStore,
+    Status,
+    StoredResult,
+)
+from ._version import __version__
+from ._wire import decode_request, decode_response, encode
+from ._worker import Worker
+
+__all__ = [
+    "AsyncLLM",
+    "AsyncLLMError",
+    "AsyncRequest",
+    "AsyncResponse",
+    "AsyncResult",
+    "Broker",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResponse",
+    "Choice",
+    "ConfigurationError",
+    "ErrorInfo",
+    "Handler",
+    "HandlerError",
+    "InvalidMessage",
+    "MemoryBroker",
+    "MemoryResultStore",
+    "PayloadTooLarge",
+    "QueueOptions",
+    "QueueSetup",
+    "QueueSetupError",
+    "Received",
+    "RequestFailed",
+    "ResultError",
+    "ResultNotFound",
+    "ResultStore",
+    "ResultTimeout",
+    "RetryAfter",
+    "SQLiteResultStore",
+    "SQSBroker",
+    "Settings",
+    "Status",
+    "StoredResult",
+    "TerminalError",
+    "TransportError",
+    "UnknownHandler",
+    "Usage",
+    "Worker",
+    "__version__",
+    "decode_request",
+    "decode_response",
+    "encode",
+    "now_timestamp",
+    "parse_timestamp",
+]

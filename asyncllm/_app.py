@@ -1,0 +1,479 @@
+"""The app: handler registry, submitting requests and looking results up."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
+
+from ._broker import Broker, make_broker
+from ._config import Settings
+from ._errors import (
+    ConfigurationError,
+    InvalidMessage,
+    RequestFailed,
+    ResultNotFound,
+    ResultTimeout,
+    TransportError,
+    UnknownHandler,
+)
+from ._models import AsyncRequest, AsyncResponse, ChatRequest, ChatResponse
+from ._queues import QueueOptions, QueueSetup, check_queues, create_queues
+from ._results import ResultStore, Status, open_result_store
+from ._wire import (
+    SQS_MAX_MESSAGE_BYTES,
+    attribute_values,
+    check_size,
+    decode_response,
+    encode,
+    make_attributes,
+)
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["AsyncLLM", "AsyncResult", "Handler"]
+
+logger = logging.getLogger(__name__)
+
+HandlerResult = Union[ChatResponse, Mapping[str, Any]]
+HandlerFunc = Callable[[AsyncRequest], Union[HandlerResult, Awaitable[HandlerResult]]]
+F = TypeVar("F", bound=HandlerFunc)
+
+#: How many response batches one lookup pass reads at most before re-checking.
+_COLLECT_BATCHES = 50
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered handler.
+
+    Attributes:
+        name: The name requests use to pick it.
+        func: The decorated function or coroutine function.
+        timeout_seconds: How long one call may run before it counts as failed.
+    """
+
+    name: str
+    func: HandlerFunc
+    timeout_seconds: float
+
+    @property
+    def is_async(self) -> bool:
+        """True for an ``async def`` handler, which runs on the event loop."""
+        return inspect.iscoroutinefunction(self.func)
+
+
+class AsyncLLM:
+    """An asyncllm application: handlers, queues and a result store.
+
+    Settings come from the environment (see `Settings.from_env`) unless given
+    here. Handlers are registered with `handler`; `submit` queues a chat
+    request and returns an `AsyncResult`; a worker (``asyncllm worker -A
+    module:app``) runs the handlers.
+
+    Args:
+        name: A label for logs. Defaults to ``"asyncllm"``.
+        settings: Complete settings; when given, the keyword overrides must
+            be left out.
+        **overrides: Individual settings (``broker_url``, ``endpoint_url``,
+            ``region``, ``request_queue``, ``response_queue``,
+            ``dead_letter_queue``, ``result_store``, ``default_tenant``,
+            ``wait_time_seconds``) that win over the environment.
+
+    Example:
+        >>> app = AsyncLLM(broker_url="memory://", result_store="memory://")
+        >>> @app.handler(default=True)
+        ... def echo(request):
+        ...     text = request.request.messages[-1].content
+        ...     return ChatResponse.from_text(text, model="echo")
+    """
+
+    def __init__(
+        self,
+        name: str = "asyncllm",
+        *,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is not None and overrides:
+            raise ConfigurationError(
+                "pass either settings or keyword settings, not both"
+            )
+        self.name = name
+        self.settings = settings or Settings.from_env(**overrides)
+        self._handlers: dict[str, Handler] = {}
+        self._default: str | None = None
+        self._broker: Broker | None = None
+        self._results: ResultStore | None = None
+        self._max_bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<AsyncLLM {self.name!r} {self.settings.broker_url}>"
+
+    @overload
+    def handler(self, func: F, /) -> F: ...
+
+    @overload
+    def handler(
+        self,
+        *,
+        name: str | None = None,
+        default: bool = False,
+        timeout_seconds: float = 600.0,
+    ) -> Callable[[F], F]: ...
+
+    def handler(
+        self,
+        func: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        default: bool = False,
+        timeout_seconds: float = 600.0,
+    ) -> F | Callable[[F], F]:
+        """Register a handler: ``@app.handler`` or ``@app.handler(name=...)``.
+
+        A handler takes the `AsyncRequest` (its chat request is
+        ``request.request``) and returns a `ChatResponse` or a dict that
+        validates as one. It may be a plain function (run on a thread pool) or
+        an ``async def`` coroutine (run on the worker's event loop). The first
+        handler registered is the default unless another says ``default=True``.
+
+        Args:
+            func: The function, when used without parentheses.
+            name: The name requests pick it by. Defaults to the function's name.
+            default: Run it for requests that name no handler.
+            timeout_seconds: How long one call may run before it is stopped and
+                counted as a failed attempt. Defaults to 600.
+
+        Returns:
+            The function itself, unchanged.
+        """
+
+        def register(target: F) -> F:
+            entry = Handler(name or target.__name__, target, float(timeout_seconds))
+            if entry.name in self._handlers:
+                message = f"a handler named {entry.name!r} is already registered"
+                raise ConfigurationError(message)
+            self._handlers[entry.name] = entry
+            if default or self._default is None:
+                self._default = entry.name
+            return target
+
+        return register(func) if func is not None else register
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        """The registered handlers by name."""
+        return dict(self._handlers)
+
+    def get_handler(self, name: str | None) -> Handler:
+        """Return the handler a request names, or the default one for None.
+
+        Raises:
+            UnknownHandler: No handler has that name (or none is registered).
+        """
+        key = name if name is not None else self._default
+        if key is None or key not in self._handlers:
+            known = ", ".join(sorted(self._handlers)) or "none"
+            message = f"unknown handler {name!r} (registered: {known})"
+            raise UnknownHandler(message)
+        return self._handlers[key]
+
+    @property
+    def broker(self) -> Broker:
+        """The broker, connected on first use."""
+        with self._lock:
+            if self._broker is None:
+                self._broker = make_broker(self.settings)
+                if self.settings.transport == "memory":
+                    create_queues(self._broker, self.settings)
+            return self._broker
+
+    @property
+    def results(self) -> ResultStore:
+        """The result store, opened on first use."""
+        with self._lock:
+            if self._results is None:
+                self._results = open_result_store(self.settings.result_store)
+            return self._results
+
+    def create_queues(self, options: QueueOptions | None = None) -> QueueSetup:
+        """Create the request, response and dead-letter queues if missing."""
+        return create_queues(self.broker, self.settings, options)
+
+    def check_queues(self) -> QueueSetup:
+        """Check the queues a worker needs; see `asyncllm._queues.check_queues`."""
+        return check_queues(self.broker, self.settings)
+
+    def submit(
+        self,
+        request: ChatRequest | Mapping[str, Any],
+        *,
+        tenant_id: str | None = None,
+        handler: str | None = None,
+        provider: str | None = None,
+        callback: str | None = None,
+        request_id: str | None = None,
+    ) -> AsyncResult:
+        """Queue a chat request and return at once.
+
+        Args:
+            request: A `ChatRequest` or a dict in the chat-completions shape.
+            tenant_id: The tenant. Defaults to ``settings.default_tenant``.
+            handler: The handler to run. Defaults to the app's default.
+            provider: A provider or route for the handler, if any.
+            callback: A URL to notify on completion, if any.
+            request_id: The id to use. Defaults to a new UUID.
+
+        Returns:
+            A handle to look the result up.
+
+        Raises:
+            InvalidMessage: The request is not valid; the message names the field.
+            PayloadTooLarge: The encoded request exceeds the queue's size limit.
+            TransportError: SQS refused the message.
+        """
+        fields: dict[str, Any] = {
+            "tenant_id": tenant_id or self.settings.default_tenant,
+            "request": request,
+            "provider": provider,
+            "callback": callback,
+            "handler": handler,
+        }
+        if request_id is not None:
+            fields["id"] = request_id
+        fields = {key: value for key, value in fields.items() if value is not None}
+        return self.send_request(_build_request(fields))
+
+    def send_request(self, request: AsyncRequest) -> AsyncResult:
+        """Queue a prepared `AsyncRequest` and return its handle."""
+        queue_url = self.broker.queue_url(self.settings.request_queue)
+        body = encode(request)
+        attributes = make_attributes(request.tenant_id, request.id)
+        check_size(body, attributes, self._max_message_bytes(queue_url))
+        self.results.mark_queued(request.id, request.tenant_id)
+        self.broker.send(queue_url, body, attributes)
+        logger.info(
+            "request %s queued",
+            request.id,
+            extra={"request_id": request.id, "tenant_id": request.tenant_id},
+        )
+        return AsyncResult(self, request.id, request.tenant_id)
+
+    def _max_message_bytes(self, queue_url: str) -> int:
+        if queue_url not in self._max_bytes:
+            try:
+                attributes = self.broker.get_attributes(queue_url)
+            except TransportError:
+                # Without sqs:GetQueueAttributes, assume SQS's own maximum.
+                attributes = {}
+            limit = attributes.get("MaximumMessageSize", str(SQS_MAX_MESSAGE_BYTES))
+            self._max_bytes[queue_url] = int(limit)
+        return self._max_bytes[queue_url]
+
+    def get(self, request_id: str, tenant_id: str | None = None) -> AsyncResult:
+        """Return a handle for a request id, for example one kept from `submit`."""
+        return AsyncResult(self, request_id, tenant_id)
+
+    def status(self, request_id: str, tenant_id: str | None = None) -> Status:
+        """Return where a request stands, reading new responses first.
+
+        Args:
+            request_id: The request id.
+            tenant_id: When given, another tenant's request reads as not found.
+        """
+        self.collect()
+        record = self.results.get(request_id, tenant_id)
+        return record.status if record is not None else Status.NOT_FOUND
+
+    def get_result(
+        self,
+        request_id: str,
+        *,
+        tenant_id: str | None = None,
+        timeout: float | None = 0,
+    ) -> AsyncResponse:
+        """Return the `AsyncResponse` for a request id, waiting if asked.
+
+        Args:
+            request_id: The request id.
+            tenant_id: When given, another tenant's request reads as not found.
+            timeout: Seconds to wait for the answer; 0 looks once, None waits
+                for as long as it takes. Defaults to 0.
+
+        Returns:
+            The response, successful or not (see ``response.ok``).
+
+        Raises:
+            ResultNotFound: The id is unknown here (never submitted through this
+                store, or another tenant's) and no response for it arrived.
+            ResultTimeout: The request is known but was not answered in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.results.get(request_id, tenant_id)
+            if record is not None and record.response is not None:
+                return record.response
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return self._give_up(request_id, tenant_id, record is not None)
+            wait = self.settings.wait_time_seconds if remaining is None else remaining
+            if (
+                self.collect(wait_seconds=min(wait, self.settings.wait_time_seconds))
+                == 0
+            ):
+                time.sleep(0.05 if remaining is None else min(0.05, remaining))
+
+    def _give_up(
+        self, request_id: str, tenant_id: str | None, known: bool
+    ) -> AsyncResponse:
+        self.collect()
+        record = self.results.get(request_id, tenant_id)
+        if record is not None and record.response is not None:
+            return record.response
+        if record is None and not known:
+            raise ResultNotFound(f"no request {request_id!r} is known")
+        raise ResultTimeout(f"request {request_id!r} is not answered yet")
+
+    def collect(
+        self, wait_seconds: float = 0, max_batches: int = _COLLECT_BATCHES
+    ) -> int:
+        """Move responses from the response queue into the result store.
+
+        A response message is deleted only after the store has it. A message
+        that is not a valid response is left on the queue, so the response
+        queue's redrive policy moves it to its dead-letter queue.
+
+        Args:
+            wait_seconds: Long-poll wait of the first receive, in seconds.
+            max_batches: At most this many receives of up to 10 messages.
+
+        Returns:
+            How many responses were stored.
+        """
+        queue_url = self.broker.queue_url(self.settings.response_queue)
+        stored = 0
+        for batch in range(max_batches):
+            messages = self.broker.receive(
+                queue_url, 10, wait_seconds if batch == 0 else 0
+            )
+            if not messages:
+                break
+            for message in messages:
+                stored += self._store_response(message.body, message, queue_url)
+        return stored
+
+    def _store_response(self, body: str | bytes, message: Any, queue_url: str) -> int:
+        try:
+            response = decode_response(body)
+        except InvalidMessage as exc:
+            attributes = attribute_values(message.attributes)
+            logger.warning(
+                "response message %s is not a valid response: %s",
+                message.message_id,
+                exc.reason,
+                extra={"request_id": attributes.get("RequestID"), "queue": queue_url},
+            )
+            return 0
+        first = self.results.put(response)
+        self.broker.delete(queue_url, message.receipt)
+        if not first:
+            logger.info(
+                "request %s answered again; the first answer stands",
+                response.request_id,
+                extra={
+                    "request_id": response.request_id,
+                    "tenant_id": response.tenant_id,
+                },
+            )
+        return 1
+
+    def worker(self, **options: Any) -> Worker:
+        """Return a `Worker` for this app; options are `Worker`'s keyword arguments."""
+        from ._worker import Worker
+
+        return Worker(self, **options)
+
+    def close(self) -> None:
+        """Close the broker connection and the result store."""
+        with self._lock:
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+            if self._results is not None:
+                self._results.close()
+                self._results = None
+
+
+def _build_request(fields: dict[str, Any]) -> AsyncRequest:
+    from pydantic import ValidationError
+
+    from ._wire import describe_validation_error
+
+    try:
+        return AsyncRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidMessage(describe_validation_error(exc)) from None
+
+
+class AsyncResult:
+    """A handle on a submitted request.
+
+    Attributes:
+        id: The request id.
+        tenant_id: The tenant the lookups are scoped to, if any.
+    """
+
+    def __init__(self, app: AsyncLLM, request_id: str, tenant_id: str | None) -> None:
+        self.app = app
+        self.id = request_id
+        self.tenant_id = tenant_id
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def status(self) -> Status:
+        """Return where the request stands."""
+        return self.app.status(self.id, self.tenant_id)
+
+    def ready(self) -> bool:
+        """True once the request is answered, successfully or not."""
+        return self.status() in (Status.COMPLETED, Status.FAILED)
+
+    def response(self, timeout: float | None = None) -> AsyncResponse:
+        """Wait for and return the `AsyncResponse` (success or error).
+
+        Args:
+            timeout: Seconds to wait; None waits for as long as it takes.
+        """
+        return self.app.get_result(self.id, tenant_id=self.tenant_id, timeout=timeout)
+
+    def get(self, timeout: float | None = None) -> ChatResponse:
+        """Wait for the request's completion and return it.
+
+        Args:
+            timeout: Seconds to wait; None waits for as long as it takes.
+
+        Raises:
+            RequestFailed: The request was answered with an error.
+            ResultTimeout: No answer arrived within ``timeout``.
+            ResultNotFound: The request id is unknown.
+        """
+        response = self.response(timeout)
+        if response.error is not None:
+            message = f"request {self.id} failed: {response.error.message}"
+            raise RequestFailed(message, response)
+        assert response.response is not None
+        return response.response
+
+    async def aget(self, timeout: float | None = None) -> ChatResponse:
+        """Like `get`, for ``async`` code (the wait runs in a thread)."""
+        return await asyncio.to_thread(self.get, timeout)

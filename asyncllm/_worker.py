@@ -1,0 +1,615 @@
+"""The worker: receive requests, run handlers, publish responses, settle messages.
+
+One worker process runs an asyncio event loop. ``async def`` handlers run on
+that loop and plain functions on a thread pool, up to ``concurrency`` calls at
+once. Queue calls are blocking boto3 calls, so they run on a separate small
+thread pool and never wait behind a slow handler.
+
+The life of one message is a chain of small steps: receive (only as many as
+there are free slots) → decode → run the handler while a heartbeat keeps the
+message invisible → publish the response → delete the request. A failure
+changes the message's visibility instead of deleting it, so SQS's receive
+count and redrive policy stay in charge of the three strikes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from pydantic import ValidationError
+
+from ._broker import MessageGone, Received
+from ._errors import (
+    InvalidMessage,
+    PayloadTooLarge,
+    RetryAfter,
+    TerminalError,
+    TransportError,
+    UnknownHandler,
+)
+from ._models import AsyncRequest, AsyncResponse, ChatResponse, ErrorInfo
+from ._queues import QueueSetup, check_queues
+from ._wire import (
+    ATTR_REASON,
+    attribute_values,
+    check_size,
+    decode_request,
+    describe_validation_error,
+    encode,
+    make_attributes,
+    peek_identity,
+)
+
+if TYPE_CHECKING:
+    from ._app import AsyncLLM, Handler
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: SQS's longest visibility timeout, and so the longest RetryAfter delay.
+_MAX_VISIBILITY = 43_200
+
+
+@dataclass
+class _InFlight:
+    """Book-keeping for one message between receive and settlement."""
+
+    message: Received
+    request: AsyncRequest | None = None
+    handler_future: asyncio.Future[Any] | None = None
+    lost: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Consumes the request queue of an app and runs its handlers.
+
+    Args:
+        app: The app whose handlers and queues to use.
+        concurrency: Handler calls in flight at once. Defaults to 10.
+        grace_seconds: On shutdown, how long running calls may finish before
+            their messages are released. Defaults to 30.
+        wait_time_seconds: Long-poll wait of each receive. Defaults to the
+            app's ``wait_time_seconds`` (20).
+        retry_backoff_seconds: Delay before the second attempt; it doubles for
+            each later one. Defaults to 2.
+        max_backoff_seconds: The longest retry delay. Defaults to 300.
+        heartbeat: Extend a running message's visibility before it expires.
+            Defaults to True.
+        max_extension_seconds: Stop extending after this long (SQS allows 12 h
+            in all). Defaults to 43,200.
+    """
+
+    def __init__(
+        self,
+        app: AsyncLLM,
+        *,
+        concurrency: int = 10,
+        grace_seconds: float = 30.0,
+        wait_time_seconds: int | None = None,
+        retry_backoff_seconds: float = 2.0,
+        max_backoff_seconds: float = 300.0,
+        heartbeat: bool = True,
+        max_extension_seconds: float = _MAX_VISIBILITY,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency={concurrency} must be at least 1")
+        self.app = app
+        self.concurrency = concurrency
+        self.grace_seconds = grace_seconds
+        self.wait_time_seconds = (
+            app.settings.wait_time_seconds
+            if wait_time_seconds is None
+            else wait_time_seconds
+        )
+        self.retry_backoff_seconds = retry_backoff_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.heartbeat = heartbeat
+        self.max_extension_seconds = max_extension_seconds
+        self.setup: QueueSetup | None = None
+        self._in_flight: dict[asyncio.Task[None], _InFlight] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None
+        self._slot_freed: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._io: ThreadPoolExecutor | None = None
+        self._handler_pool: ThreadPoolExecutor | None = None
+
+    # -- running and stopping -------------------------------------------------
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Run until stopped; returns the exit status (0 after a clean stop).
+
+        Args:
+            install_signal_handlers: Stop gracefully on SIGTERM and SIGINT (a
+                second signal shortens the grace period). Only possible in the
+                main thread. Defaults to True.
+        """
+        return asyncio.run(self.serve(install_signal_handlers))
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully; safe to call from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._request_stop)
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the worker has checked its queues and is receiving."""
+        return self._started.wait(timeout)
+
+    def _request_stop(self) -> None:
+        assert self._stopping is not None and self._hurry is not None
+        if self._stopping.is_set():
+            logger.info(
+                "worker %s: second stop signal, releasing running calls", self.app.name
+            )
+            self._hurry.set()
+        self._stopping.set()
+
+    async def serve(self, install_signal_handlers: bool = False) -> int:
+        """Run the worker on the current event loop until it is stopped."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._io = ThreadPoolExecutor(min(64, self.concurrency + 8), "asyncllm-io")
+        self._handler_pool = ThreadPoolExecutor(self.concurrency, "asyncllm-handler")
+        if install_signal_handlers:
+            self._install_signal_handlers()
+        try:
+            self.setup = await self._call(
+                check_queues, self.app.broker, self.app.settings
+            )
+            self._log_start(self.setup)
+            self._started.set()
+            await self._receive_loop(self.setup)
+            await self._shut_down()
+        finally:
+            self._io.shutdown(wait=True)
+            self._handler_pool.shutdown(wait=False, cancel_futures=True)
+        logger.info("worker %s stopped", self.app.name)
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        assert self._loop is not None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._request_stop)
+
+    def _log_start(self, setup: QueueSetup) -> None:
+        logger.info(
+            "worker %s receiving from %s (concurrency %d, visibility %d s, "
+            "%d receives before the dead-letter queue)",
+            self.app.name,
+            setup.request_url,
+            self.concurrency,
+            setup.visibility_timeout,
+            setup.max_receive_count,
+            extra={"queue": setup.request_url},
+        )
+
+    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a blocking queue call on the I/O thread pool."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(
+            self._io, functools.partial(func, *args)
+        )
+
+    # -- receiving ------------------------------------------------------------
+
+    async def _receive_loop(self, setup: QueueSetup) -> None:
+        assert self._stopping is not None and self._slot_freed is not None
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._in_flight)
+            if free <= 0:
+                await self._wait_for(self._slot_freed)
+                self._slot_freed.clear()
+                continue
+            messages = await self._poll(setup.request_url, min(10, free))
+            if self._stopping.is_set():
+                await self._release_all(messages)
+                return
+            for message in messages:
+                self._start(message)
+
+    async def _poll(self, queue_url: str, count: int) -> list[Received]:
+        try:
+            return await self._call(
+                self.app.broker.receive, queue_url, count, self.wait_time_seconds
+            )
+        except TransportError as exc:
+            logger.warning(
+                "worker %s: receive failed, retrying: %s", self.app.name, exc
+            )
+            await self._wait_for(self._stopping, timeout=1.0)
+            return []
+
+    async def _wait_for(
+        self, event: asyncio.Event | None, timeout: float | None = None
+    ) -> None:
+        assert event is not None and self._stopping is not None
+        waiters = {
+            asyncio.ensure_future(event.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        }
+        _, pending = await asyncio.wait(
+            waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in pending:
+            waiter.cancel()
+
+    def _start(self, message: Received) -> None:
+        state = _InFlight(message)
+        task = asyncio.ensure_future(self._process(state))
+        self._in_flight[task] = state
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        assert self._slot_freed is not None
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "worker %s: unexpected error settling a message",
+                self.app.name,
+                exc_info=task.exception(),
+            )
+
+    # -- shutting down --------------------------------------------------------
+
+    async def _shut_down(self) -> None:
+        running = list(self._in_flight)
+        if running:
+            logger.info(
+                "worker %s stopping: waiting up to %g s for %d running calls",
+                self.app.name,
+                self.grace_seconds,
+                len(running),
+            )
+            await self._wait_grace(running)
+        for state in self._in_flight.values():
+            if state.handler_future is not None and not state.handler_future.done():
+                state.handler_future.cancel()
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight), timeout=60)
+
+    async def _wait_grace(self, running: list[asyncio.Task[None]]) -> None:
+        """Wait for running calls until the grace period ends or a second signal."""
+        assert self._hurry is not None
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        deadline = time.monotonic() + self.grace_seconds
+        pending: set[asyncio.Future[Any]] = set(running)
+        while pending and not hurry.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            _, pending = await asyncio.wait(
+                pending | {hurry},
+                timeout=remaining,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            pending.discard(hurry)
+        hurry.cancel()
+
+    async def _release_all(self, messages: list[Received]) -> None:
+        for message in messages:
+            await self._release(message)
+
+    async def _release(self, message: Received) -> None:
+        """Make a message visible again at once, for another worker."""
+        with contextlib.suppress(TransportError):
+            await self._call(
+                self.app.broker.change_visibility, message.queue_url, message.receipt, 0
+            )
+
+    # -- one message ----------------------------------------------------------
+
+    async def _process(self, state: _InFlight) -> None:
+        message = state.message
+        try:
+            request = decode_request(message.body, attribute_values(message.attributes))
+            handler = self.app.get_handler(request.handler)
+        except (InvalidMessage, UnknownHandler) as exc:
+            await self._reject(message, str(exc))
+            return
+        state.request = request
+        beat = asyncio.ensure_future(self._heartbeat(state)) if self.heartbeat else None
+        try:
+            outcome = await self._run(state, handler, request)
+        finally:
+            if beat is not None:
+                beat.cancel()
+        if outcome is not None:
+            await self._settle(state, handler, outcome)
+
+    async def _run(
+        self, state: _InFlight, handler: Handler, request: AsyncRequest
+    ) -> ChatResponse | BaseException | None:
+        """Run the handler; returns its response, its exception, or None if released."""
+        assert self._loop is not None
+        if handler.is_async:
+            call = cast(Awaitable[Any], handler.func(request))
+            future: asyncio.Future[Any] = asyncio.ensure_future(call)
+        else:
+            future = self._loop.run_in_executor(
+                self._handler_pool, handler.func, request
+            )
+        state.handler_future = future
+        try:
+            result = await asyncio.wait_for(future, handler.timeout_seconds)
+        except asyncio.TimeoutError:
+            return TimeoutError(
+                f"handler {handler.name!r} ran over {handler.timeout_seconds:g} s"
+            )
+        except asyncio.CancelledError:
+            await self._release(state.message)
+            logger.info(
+                "request %s released at shutdown", request.id, extra=self._extra(state)
+            )
+            return None
+        except Exception as exc:
+            return exc
+        return _as_response(result)
+
+    async def _settle(
+        self, state: _InFlight, handler: Handler, outcome: ChatResponse | BaseException
+    ) -> None:
+        if state.lost:
+            logger.warning(
+                "request %s: the message was lost while running; not publishing",
+                state.message.message_id,
+                extra=self._extra(state),
+            )
+            return
+        if isinstance(outcome, ChatResponse):
+            await self._succeed(state, handler, outcome)
+        elif isinstance(outcome, TerminalError):
+            await self._fail_terminally(state, outcome)
+        elif isinstance(outcome, RetryAfter):
+            await self._retry_after(state, outcome)
+        else:
+            await self._fail(state, outcome)
+
+    async def _succeed(
+        self, state: _InFlight, handler: Handler, response: ChatResponse
+    ) -> None:
+        request = state.request
+        assert request is not None
+        answer = AsyncResponse(
+            request_id=request.id,
+            tenant_id=request.tenant_id,
+            response=response,
+            attempts=state.message.receive_count,
+        )
+        try:
+            await self._publish(answer)
+        except PayloadTooLarge as exc:
+            await self._fail_terminally(
+                state, TerminalError(exc.reason, code="response_too_large")
+            )
+            return
+        await self._delete(state.message)
+        logger.info(
+            "request %s completed by %s in %.2f s (attempt %d)",
+            request.id,
+            handler.name,
+            time.monotonic() - state.started,
+            state.message.receive_count,
+            extra=self._extra(state),
+        )
+
+    async def _fail_terminally(self, state: _InFlight, error: TerminalError) -> None:
+        info = ErrorInfo(
+            type=type(error).__name__,
+            message=error.message,
+            code=error.code,
+            status_code=error.status_code,
+            retryable=False,
+        )
+        await self._publish_error(state, info)
+        await self._dead_letter(state.message, f"terminal error: {error.message}")
+        logger.warning(
+            "request %s failed terminally: %s",
+            state.request.id if state.request else state.message.message_id,
+            error.message,
+            extra=self._extra(state),
+        )
+
+    async def _retry_after(self, state: _InFlight, signal_: RetryAfter) -> None:
+        delay = int(min(_MAX_VISIBILITY, max(0, round(signal_.seconds))))
+        await self._change_visibility(state, delay)
+        logger.info(
+            "request %s rate limited; visible again in %d s (attempt %d)",
+            state.request.id if state.request else "?",
+            delay,
+            state.message.receive_count,
+            extra=self._extra(state),
+        )
+
+    async def _fail(self, state: _InFlight, exc: BaseException) -> None:
+        assert self.setup is not None and state.request is not None
+        attempt = state.message.receive_count
+        if attempt < self.setup.max_receive_count:
+            delay = self._backoff(attempt)
+            await self._change_visibility(state, delay)
+            logger.info(
+                "request %s failed attempt %d of %d with %s; retry in %d s",
+                state.request.id,
+                attempt,
+                self.setup.max_receive_count,
+                type(exc).__name__,
+                delay,
+                extra=self._extra(state),
+            )
+            return
+        info = ErrorInfo(
+            type=type(exc).__name__,
+            message=str(exc) or type(exc).__name__,
+            retryable=True,
+        )
+        await self._publish_error(state, info)
+        # Visible at once: the next receive moves it to the dead-letter queue.
+        await self._change_visibility(state, 0)
+        logger.warning(
+            "request %s failed attempt %d of %d; giving up, to the dead-letter queue",
+            state.request.id,
+            attempt,
+            self.setup.max_receive_count,
+            exc_info=exc,
+            extra=self._extra(state),
+        )
+
+    def _backoff(self, attempt: int) -> int:
+        delay = self.retry_backoff_seconds * 2 ** (attempt - 1)
+        return int(round(min(self.max_backoff_seconds, delay)))
+
+    # -- queue steps ----------------------------------------------------------
+
+    async def _publish(self, response: AsyncResponse) -> None:
+        assert self.setup is not None
+        body = encode(response)
+        attributes = make_attributes(response.tenant_id, response.request_id)
+        check_size(body, attributes, self.setup.max_message_bytes)
+        await self._call(
+            self.app.broker.send, self.setup.response_url, body, attributes
+        )
+
+    async def _publish_error(self, state: _InFlight, info: ErrorInfo) -> None:
+        request = state.request
+        if request is None:
+            return
+        answer = AsyncResponse(
+            request_id=request.id,
+            tenant_id=request.tenant_id,
+            error=info,
+            attempts=state.message.receive_count,
+        )
+        await self._publish(answer)
+
+    async def _delete(self, message: Received) -> None:
+        try:
+            await self._call(self.app.broker.delete, message.queue_url, message.receipt)
+        except TransportError as exc:
+            logger.warning(
+                "message %s could not be deleted: %s", message.message_id, exc
+            )
+
+    async def _change_visibility(self, state: _InFlight, seconds: int) -> None:
+        message = state.message
+        try:
+            await self._call(
+                self.app.broker.change_visibility,
+                message.queue_url,
+                message.receipt,
+                seconds,
+            )
+        except TransportError as exc:
+            logger.warning(
+                "message %s: visibility change failed: %s",
+                message.message_id,
+                exc,
+                extra=self._extra(state),
+            )
+
+    async def _reject(self, message: Received, reason: str) -> None:
+        """Move a message the worker cannot use to the dead-letter queue."""
+        request_id, tenant_id = peek_identity(message.body)
+        attribute_tenant = attribute_values(message.attributes).get("TenantID")
+        logger.warning(
+            "message %s rejected: %s",
+            message.message_id,
+            reason,
+            extra={"request_id": request_id, "tenant_id": tenant_id},
+        )
+        if request_id and tenant_id and attribute_tenant in (None, tenant_id):
+            error = ErrorInfo(type="InvalidMessage", message=reason, retryable=False)
+            answer = AsyncResponse(
+                request_id=request_id, tenant_id=tenant_id, error=error
+            )
+            with contextlib.suppress(InvalidMessage, TransportError, ValidationError):
+                await self._publish(answer)
+        await self._dead_letter(message, reason)
+
+    async def _dead_letter(self, message: Received, reason: str) -> None:
+        """Copy a message to the dead-letter queue with a reason, then delete it."""
+        assert self.setup is not None
+        attributes = {name: dict(value) for name, value in message.attributes.items()}
+        attributes[ATTR_REASON] = {"DataType": "String", "StringValue": reason[:1024]}
+        try:
+            await self._call(
+                self.app.broker.send,
+                self.setup.dead_letter_url,
+                message.body,
+                attributes,
+            )
+        except TransportError as exc:
+            logger.error(
+                "message %s could not be dead-lettered, leaving it to the redrive "
+                "policy: %s",
+                message.message_id,
+                exc,
+            )
+            return
+        await self._delete(message)
+
+    async def _heartbeat(self, state: _InFlight) -> None:
+        """Keep the message invisible while its handler runs."""
+        assert self.setup is not None
+        timeout = self.setup.visibility_timeout
+        interval = max(0.2, timeout / 2)
+        begun = time.monotonic()
+        while time.monotonic() - begun < self.max_extension_seconds:
+            await asyncio.sleep(interval)
+            try:
+                await self._call(
+                    self.app.broker.change_visibility,
+                    state.message.queue_url,
+                    state.message.receipt,
+                    timeout,
+                )
+            except MessageGone:
+                state.lost = True
+                logger.warning(
+                    "request %s: receipt handle no longer valid; another worker "
+                    "may have it",
+                    state.request.id if state.request else "?",
+                    extra=self._extra(state),
+                )
+                return
+            except TransportError as exc:
+                logger.warning(
+                    "heartbeat failed, will retry: %s", exc, extra=self._extra(state)
+                )
+
+    def _extra(self, state: _InFlight) -> dict[str, Any]:
+        request = state.request
+        return {
+            "request_id": request.id if request else None,
+            "tenant_id": request.tenant_id if request else None,
+            "handler": request.handler if request else None,
+            "attempt": state.message.receive_count,
+            "queue": state.message.queue_url,
+        }
+
+
+def _as_response(result: Any) -> ChatResponse | BaseException:
+    if isinstance(result, ChatResponse):
+        return result
+    try:
+        return ChatResponse.model_validate(result)
+    except ValidationError as exc:
+        reason = describe_validation_error(exc)
+        return InvalidMessage(f"handler returned an invalid ChatResponse: {reason}")

@@ -1,0 +1,345 @@
+"""The ``asyncllm`` command line.
+
+Exit statuses of ``submit --wait`` and ``result``:
+
+====  =====================================================
+0     the request completed; the response is printed
+1     asyncllm could not do its work (settings, queues, network)
+2     the command line was wrong
+3     the request failed; the error response is printed
+4     the request is queued but not answered yet
+5     no request with that id is known
+====  =====================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._app import AsyncLLM
+from ._errors import AsyncLLMError, InvalidMessage, ResultNotFound, ResultTimeout
+from ._models import AsyncRequest, AsyncResponse
+from ._queues import QueueOptions
+from ._results import Status
+from ._version import __version__
+
+__all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_PENDING", "cli", "load_app", "main"]
+
+EXIT_FAILED = 3
+EXIT_PENDING = 4
+EXIT_NOT_FOUND = 5
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def load_app(path: str | None) -> AsyncLLM:
+    """Import an app from ``package.module:attribute`` (``:app`` is the default).
+
+    With no path, an app is built from the environment alone. The working
+    directory is importable, as with ``python -m``.
+
+    Raises:
+        click.BadParameter: The module or attribute cannot be found.
+    """
+    if not path:
+        return AsyncLLM()
+    module_name, _, attribute = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        message = f"cannot import {module_name!r}: {exc}"
+        raise click.BadParameter(message, param_hint="'-A'") from exc
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, AsyncLLM):
+        message = f"{path!r} is not an AsyncLLM app (expected module:attribute)"
+        raise click.BadParameter(message, param_hint="'-A'")
+    return app
+
+
+def app_option(func: F) -> F:
+    """Add the ``-A/--app`` option, which also reads ``ASYNCLLM_APP``."""
+    option = click.option(
+        "-A",
+        "--app",
+        "app_path",
+        envvar="ASYNCLLM_APP",
+        metavar="MODULE:ATTR",
+        help="The app to use, e.g. myproject.tasks:app [env: ASYNCLLM_APP].",
+    )
+    return option(func)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+class _Group(click.Group):
+    """Turns asyncllm's own errors into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AsyncLLMError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="asyncllm")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="How much to log, on standard error.",
+)
+def cli(log_level: str) -> None:
+    """Asynchronous LLM requests on AWS SQS."""
+    _configure_logging(log_level)
+
+
+@cli.command()
+@app_option
+@click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--grace-seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="On SIGTERM/SIGINT, how long running calls may finish.",
+)
+@click.option(
+    "--wait-time-seconds",
+    type=click.IntRange(0, 20),
+    help="Long-poll wait of each receive [default: from settings, 20].",
+)
+@click.option(
+    "--retry-backoff-seconds",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Delay before the second attempt; doubles after that.",
+)
+def worker(
+    app_path: str | None,
+    concurrency: int,
+    grace_seconds: float,
+    wait_time_seconds: int | None,
+    retry_backoff_seconds: float,
+) -> None:
+    """Run handlers for the requests on the request queue."""
+    if not app_path:
+        raise click.UsageError("the worker needs an app: -A package.module:app")
+    app = load_app(app_path)
+    runner = app.worker(
+        concurrency=concurrency,
+        grace_seconds=grace_seconds,
+        wait_time_seconds=wait_time_seconds,
+        retry_backoff_seconds=retry_backoff_seconds,
+    )
+    sys.exit(runner.run())
+
+
+@cli.group()
+def queues() -> None:
+    """Provision and inspect the queues."""
+
+
+@queues.command("create")
+@app_option
+@click.option("--visibility-timeout", default=300, show_default=True, type=click.IntRange(0, 43_200))
+@click.option("--retention-seconds", default=345_600, show_default=True, type=click.IntRange(60, 1_209_600))
+@click.option("--receive-wait-seconds", default=20, show_default=True, type=click.IntRange(0, 20))
+@click.option("--max-receive-count", default=3, show_default=True, type=click.IntRange(1, 1000))
+def queues_create(
+    app_path: str | None,
+    visibility_timeout: int,
+    retention_seconds: int,
+    receive_wait_seconds: int,
+    max_receive_count: int,
+) -> None:
+    """Create the request, response and dead-letter queues if missing."""
+    options = QueueOptions(
+        visibility_timeout=visibility_timeout,
+        retention_seconds=retention_seconds,
+        receive_wait_seconds=receive_wait_seconds,
+        max_receive_count=max_receive_count,
+    )
+    setup = load_app(app_path).create_queues(options)
+    click.echo(f"request queue:     {setup.request_url}")
+    click.echo(f"response queue:    {setup.response_url}")
+    click.echo(f"dead-letter queue: {setup.dead_letter_url}")
+
+
+@cli.command()
+@app_option
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("-t", "--tenant", help="The tenant [default: ASYNCLLM_TENANT_ID or 'default'].")
+@click.option("--handler", help="The handler to run [default: the app's default].")
+@click.option("--provider", help="A provider or route for the handler.")
+@click.option("--callback", help="A URL to notify when the request completes.")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(0),
+    help="Wait up to this many seconds and print the response.",
+)
+def submit(
+    app_path: str | None,
+    file: Any,
+    tenant: str | None,
+    handler: str | None,
+    provider: str | None,
+    callback: str | None,
+    wait_seconds: float | None,
+) -> None:
+    """Queue the chat request in FILE (a path, or - for standard input).
+
+    FILE holds either a chat-completions request (with "model" and
+    "messages") or a whole AsyncRequest (with "tenant_id" and "request").
+    Prints the request id.
+    """
+    app = load_app(app_path)
+    data = _read_json(file)
+    if "request" in data:
+        request = _as_async_request(data, tenant, handler, provider, callback)
+        result = app.send_request(request)
+    else:
+        result = app.submit(
+            data, tenant_id=tenant, handler=handler, provider=provider, callback=callback
+        )
+    click.echo(result.id)
+    if wait_seconds is not None:
+        _print_result(app, result.id, result.tenant_id, wait_seconds)
+
+
+def _read_json(file: Any) -> dict[str, Any]:
+    try:
+        data = json.load(file)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="FILE") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("expected a JSON object", param_hint="FILE")
+    return data
+
+
+def _as_async_request(
+    data: dict[str, Any],
+    tenant: str | None,
+    handler: str | None,
+    provider: str | None,
+    callback: str | None,
+) -> AsyncRequest:
+    overrides = {"tenant_id": tenant, "handler": handler, "provider": provider, "callback": callback}
+    fields = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return AsyncRequest.model_validate(fields)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from None
+
+
+@cli.command()
+@app_option
+@click.argument("request_id")
+@click.option("-t", "--tenant", help="Only find the request if it belongs to this tenant.")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default=0.0,
+    type=click.FloatRange(0),
+    help="Wait up to this many seconds for the answer.",
+)
+def result(app_path: str | None, request_id: str, tenant: str | None, wait_seconds: float) -> None:
+    """Print the response to REQUEST_ID as JSON (exit status: see --help of asyncllm)."""
+    _print_result(load_app(app_path), request_id, tenant, wait_seconds)
+
+
+def _print_result(app: AsyncLLM, request_id: str, tenant: str | None, wait: float) -> None:
+    try:
+        response = app.get_result(request_id, tenant_id=tenant, timeout=wait)
+    except ResultNotFound:
+        click.echo(json.dumps({"request_id": request_id, "status": Status.NOT_FOUND.value}))
+        sys.exit(EXIT_NOT_FOUND)
+    except ResultTimeout:
+        click.echo(json.dumps({"request_id": request_id, "status": Status.QUEUED.value}))
+        sys.exit(EXIT_PENDING)
+    click.echo(_response_json(response))
+    if not response.ok:
+        sys.exit(EXIT_FAILED)
+
+
+def _response_json(response: AsyncResponse) -> str:
+    status = Status.COMPLETED if response.ok else Status.FAILED
+    return json.dumps({"status": status.value, **response.to_wire()}, ensure_ascii=False)
+
+
+@cli.command()
+@click.argument("which", type=click.Choice(["request", "response"]), default="request")
+def schema(which: str) -> None:
+    """Print the JSON Schema of the request or response message."""
+    from ._schema import message_schema
+
+    click.echo(json.dumps(message_schema(which), indent=2))
+
+
+@cli.command("local-sqs")
+@click.option("--port", default=9324, show_default=True, type=click.IntRange(0, 65535))
+def local_sqs(port: int) -> None:
+    """Run a local SQS endpoint on 127.0.0.1 until interrupted."""
+    import threading
+
+    from ._local import LocalSQS
+
+    with LocalSQS(port) as sqs:
+        click.echo(f"export ASYNCLLM_SQS_ENDPOINT_URL={sqs.endpoint_url}")
+        click.echo("# then: asyncllm queues create; Ctrl-C stops the endpoint", err=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command()
+@click.option(
+    "--app",
+    "app_path",
+    default="examples.offline.app:app",
+    show_default=True,
+    help="The app the demo worker runs.",
+)
+@click.option(
+    "--requests",
+    "requests_dir",
+    default="examples/requests",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder of chat-request JSON files to submit.",
+)
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(1))
+def demo(app_path: str, requests_dir: Path, timeout: float) -> None:
+    """Run the whole flow on this machine: local SQS, a worker, requests, answers."""
+    from ._demo import run_demo
+
+    sys.exit(run_demo(app_path, requests_dir, timeout))
+
+
+def main() -> None:
+    """Run the command line (the ``asyncllm`` console script)."""
+    cli(prog_name="asyncllm")
