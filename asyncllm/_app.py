@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._broker import Broker, make_broker
 from ._config import Settings
@@ -22,6 +22,7 @@ from ._errors import (
     TransportError,
     UnknownHandler,
 )
+from ._ledger import Ledger, open_ledger
 from ._models import AsyncRequest, AsyncResponse, ChatRequest, ChatResponse
 from ._queues import QueueOptions, QueueSetup, check_queues, create_queues
 from ._results import ResultStore, Status, open_result_store
@@ -41,8 +42,8 @@ __all__ = ["AsyncLLM", "AsyncResult", "Handler"]
 
 logger = logging.getLogger(__name__)
 
-HandlerResult = Union[ChatResponse, Mapping[str, Any]]
-HandlerFunc = Callable[[AsyncRequest], Union[HandlerResult, Awaitable[HandlerResult]]]
+HandlerResult = ChatResponse | Mapping[str, Any]
+HandlerFunc = Callable[[AsyncRequest], HandlerResult | Awaitable[HandlerResult]]
 F = TypeVar("F", bound=HandlerFunc)
 
 #: How many response batches one lookup pass reads at most before re-checking.
@@ -111,6 +112,7 @@ class AsyncLLM:
         self._default: str | None = None
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
+        self._ledger: Ledger | None = None
         self._max_bytes: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -123,6 +125,8 @@ class AsyncLLM:
     @overload
     def handler(
         self,
+        func: None = None,
+        /,
         *,
         name: str | None = None,
         default: bool = False,
@@ -204,6 +208,14 @@ class AsyncLLM:
             if self._results is None:
                 self._results = open_result_store(self.settings.result_store)
             return self._results
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger of answered request ids, opened on first use."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = open_ledger(self.settings.ledger_url())
+            return self._ledger
 
     def create_queues(self, options: QueueOptions | None = None) -> QueueSetup:
         """Create the request, response and dead-letter queues if missing."""
@@ -411,6 +423,9 @@ class AsyncLLM:
             if self._results is not None:
                 self._results.close()
                 self._results = None
+            if self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
 
 
 def _build_request(fields: dict[str, Any]) -> AsyncRequest:

@@ -24,8 +24,11 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from queue import Empty
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 from ._config import Settings
 from ._errors import TransportError
@@ -178,7 +181,7 @@ class SQSBroker(Broker):
             transport_options=self._transport_options(settings, max_connections),
         )
         with _translate_errors("connect", settings.kombu_url().split("@")[-1]):
-            self._client = self._connection.default_channel.sqs()
+            self._client: SQSClient = self._connection.default_channel.sqs()
         self._urls: dict[str, str] = {}
 
     @staticmethod
@@ -214,7 +217,7 @@ class SQSBroker(Broker):
             reply = self._client.send_message(
                 QueueUrl=queue_url,
                 MessageBody=body,
-                MessageAttributes=dict(attributes),
+                MessageAttributes=cast(Any, dict(attributes)),
                 DelaySeconds=delay_seconds,
             )
         return str(reply["MessageId"])
@@ -229,7 +232,7 @@ class SQSBroker(Broker):
                 MaxNumberOfMessages=max(1, min(10, max_messages)),
                 WaitTimeSeconds=int(wait_seconds),
                 MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,  # type: ignore[typeddict-item]
+                MessageSystemAttributeNames=cast(Any, _SYSTEM_ATTRIBUTES),
             )
         return [_from_sqs(queue_url, item) for item in reply.get("Messages", [])]
 
@@ -261,13 +264,13 @@ class SQSBroker(Broker):
             reply = self._client.get_queue_attributes(
                 QueueUrl=queue_url, AttributeNames=["All"]
             )
-        return dict(reply.get("Attributes", {}))
+        return {str(k): v for k, v in reply.get("Attributes", {}).items()}
 
     def create_queue(self, name: str, attributes: Mapping[str, str]) -> str:
         """Create a queue, or return the URL of an existing one of that name."""
         with _translate_errors("CreateQueue", name):
             reply = self._client.create_queue(
-                QueueName=name, Attributes=dict(attributes)
+                QueueName=name, Attributes=cast(Any, dict(attributes))
             )
         self._urls[name] = reply["QueueUrl"]
         return reply["QueueUrl"]
@@ -276,7 +279,7 @@ class SQSBroker(Broker):
         """Change a queue's attributes."""
         with _translate_errors("SetQueueAttributes", queue_url):
             self._client.set_queue_attributes(
-                QueueUrl=queue_url, Attributes=dict(attributes)
+                QueueUrl=queue_url, Attributes=cast(Any, dict(attributes))
             )
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ ENVIRONMENT: dict[str, str] = {
     "ASYNCLLM_DEAD_LETTER_QUEUE": "dead_letter_queue",
     "ASYNCLLM_DEAD_LETTER_QUEUE_URL": "dead_letter_queue",
     "ASYNCLLM_RESULT_STORE": "result_store",
+    "ASYNCLLM_LEDGER": "ledger",
     "ASYNCLLM_TENANT_ID": "default_tenant",
     "ASYNCLLM_WAIT_TIME_SECONDS": "wait_time_seconds",
 }
@@ -35,11 +36,15 @@ ENVIRONMENT: dict[str, str] = {
 _LOCAL_CREDENTIALS = ("asyncllm-local", "asyncllm-local")
 
 
+def _state_file(name: str) -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    path = (Path(base) / "asyncllm" / name).absolute()
+    return f"sqlite:///{path}"
+
+
 def default_result_store() -> str:
     """Return the default result store URL: a SQLite file in the user's state dir."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    path = (Path(base) / "asyncllm" / "results.sqlite3").absolute()
-    return f"sqlite:///{path}"
+    return _state_file("results.sqlite3")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class Settings:
     dead_letter_queue: str | None = None
     #: Where looked-up responses are kept: ``sqlite:///PATH`` or ``memory://``.
     result_store: str = dataclasses.field(default_factory=default_result_store)
+    #: Where workers remember answered request ids: ``sqlite:///PATH``,
+    #: ``memory://`` or ``none://``; None picks ``memory://`` for the memory
+    #: broker and a SQLite file in the user's state dir otherwise.
+    ledger: str | None = None
     #: The tenant used by `AsyncLLM.submit` when none is given.
     default_tenant: str = "default"
     #: How long one receive call waits for messages (SQS long polling), 0-20 s.
@@ -156,6 +165,14 @@ class Settings:
         if key and secret:
             return key, secret
         return _LOCAL_CREDENTIALS if self.is_local else None
+
+    def ledger_url(self) -> str:
+        """Return the ledger URL, resolving the default."""
+        if self.ledger:
+            return self.ledger
+        if self.transport == "memory":
+            return "memory://"
+        return _state_file("ledger.sqlite3")
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some settings changed."""

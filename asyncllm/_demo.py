@@ -16,12 +16,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ._app import AsyncLLM, AsyncResult
 from ._errors import AsyncLLMError
 from ._local import LocalSQS
+from ._models import now_timestamp, parse_timestamp
 from ._wire import make_attributes
 
 __all__ = ["run_demo"]
@@ -36,9 +38,12 @@ def run_demo(app_path: str, requests_dir: Path, timeout: float) -> int:
             "checkout or pass --requests DIR"
         )
         raise click.UsageError(message)
-    with tempfile.TemporaryDirectory(prefix="asyncllm-demo-") as state, LocalSQS() as sqs:
+    with (
+        tempfile.TemporaryDirectory(prefix="asyncllm-demo-") as state,
+        LocalSQS() as sqs,
+    ):
         env = _demo_environment(sqs.endpoint_url, Path(state))
-        app = AsyncLLM(settings=None, **_settings_from(env))
+        app = AsyncLLM(**_settings_from(env))
         setup = app.create_queues()
         click.echo(f"local SQS endpoint {sqs.endpoint_url}; queues ready")
         worker = _start_worker(app_path, env)
@@ -60,7 +65,7 @@ def _demo_environment(endpoint_url: str, state: Path) -> dict[str, str]:
     }
 
 
-def _settings_from(env: dict[str, str]) -> dict[str, object]:
+def _settings_from(env: dict[str, str]) -> dict[str, Any]:
     return {
         "endpoint_url": env["ASYNCLLM_SQS_ENDPOINT_URL"],
         "request_queue": env["ASYNCLLM_REQUEST_QUEUE"],
@@ -94,13 +99,18 @@ def _submit_and_print(
 ) -> int:
     started: dict[str, tuple[str, float]] = {}
     for path in files:
-        handle = app.submit(json.loads(path.read_text(encoding="utf-8")), tenant_id="demo")
-        started[handle.id] = (path.name, time.monotonic())
+        handle = app.submit(
+            json.loads(path.read_text(encoding="utf-8")), tenant_id="demo"
+        )
+        started[handle.id] = (path.name, time.time())
     raw_id = _send_foreign_message(app, request_url)
-    started[raw_id] = ("(raw JSON from another program)", time.monotonic())
+    started[raw_id] = ("(raw JSON from another program)", time.time())
+    click.echo(f"  {'request':<40} {'latency':>8}  answer")
     failures = 0
     for request_id, (label, begun) in started.items():
-        failures += _print_answer(AsyncResult(app, request_id, "demo"), label, begun, timeout)
+        failures += _print_answer(
+            AsyncResult(app, request_id, "demo"), label, begun, timeout
+        )
     click.echo(f"{len(started) - failures} of {len(started)} requests answered")
     return 0 if failures == 0 else 1
 
@@ -113,7 +123,9 @@ def _send_foreign_message(app: AsyncLLM, request_url: str) -> str:
         "TenantID": "demo",
         "Request": {
             "model": "offline-echo",
-            "messages": [{"role": "user", "content": "Sent as raw JSON, Go field names."}],
+            "messages": [
+                {"role": "user", "content": "Sent as raw JSON, Go field names."}
+            ],
         },
         "Provider": "",
         "Callback": "",
@@ -125,12 +137,15 @@ def _send_foreign_message(app: AsyncLLM, request_url: str) -> str:
 
 
 def _print_answer(handle: AsyncResult, label: str, begun: float, timeout: float) -> int:
+    """Print one answer with its latency: from submit to the worker's answer."""
     try:
         response = handle.response(timeout=timeout)
     except AsyncLLMError as exc:
         click.echo(f"  {label:<40} no answer: {exc}")
         return 1
-    latency = time.monotonic() - begun
+    latency = (
+        parse_timestamp(response.created_at or now_timestamp()).timestamp() - begun
+    )
     if response.error is not None:
         click.echo(f"  {label:<40} {latency:6.2f} s  error: {response.error.message}")
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -46,7 +46,7 @@ __all__ = [
     "parse_timestamp",
 ]
 
-Number = Union[StrictInt, StrictFloat]
+Number = StrictInt | StrictFloat
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 _RFC3339 = re.compile(
@@ -68,7 +68,7 @@ def _check_timestamp(value: object) -> object:
 
 #: An RFC 3339 timestamp kept as text, so nanosecond precision from other
 #: producers survives. Go's zero time ``0001-01-01T00:00:00Z`` reads as unset.
-Timestamp = Annotated[Union[StrictStr, None], BeforeValidator(_check_timestamp)]
+Timestamp = Annotated[StrictStr | None, BeforeValidator(_check_timestamp)]
 
 
 def _format_datetime(value: datetime) -> str:

@@ -21,6 +21,8 @@ from ._errors import InvalidMessage, PayloadTooLarge
 from ._models import AsyncRequest, AsyncResponse
 
 __all__ = [
+    "ATTR_FAILED_ATTEMPTS",
+    "ATTR_RATE_LIMITS",
     "ATTR_REASON",
     "ATTR_REQUEST_ID",
     "ATTR_TENANT_ID",
@@ -41,6 +43,10 @@ ATTR_TENANT_ID = "TenantID"
 ATTR_REQUEST_ID = "RequestID"
 #: Set on a message that asyncllm moved to a dead-letter queue itself.
 ATTR_REASON = "AsyncLLMDeadLetterReason"
+#: Failed attempts of earlier copies, on a copy re-queued after a rate limit.
+ATTR_FAILED_ATTEMPTS = "AsyncLLMFailedAttempts"
+#: How often the request was re-queued after a rate limit.
+ATTR_RATE_LIMITS = "AsyncLLMRateLimits"
 
 # Characters SQS refuses in a body; JSON escapes all other control characters.
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html

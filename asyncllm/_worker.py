@@ -40,6 +40,8 @@ from ._errors import (
 from ._models import AsyncRequest, AsyncResponse, ChatResponse, ErrorInfo
 from ._queues import QueueSetup, check_queues
 from ._wire import (
+    ATTR_FAILED_ATTEMPTS,
+    ATTR_RATE_LIMITS,
     ATTR_REASON,
     attribute_values,
     check_size,
@@ -59,8 +61,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: SQS's longest visibility timeout, and so the longest RetryAfter delay.
+#: SQS's longest visibility timeout, and so the longest heartbeat extension.
 _MAX_VISIBILITY = 43_200
+#: SQS's longest DelaySeconds, and so the longest RetryAfter delay.
+_MAX_DELAY = 900
 
 
 @dataclass
@@ -68,6 +72,10 @@ class _InFlight:
     """Book-keeping for one message between receive and settlement."""
 
     message: Received
+    #: This attempt's number: failed attempts of earlier copies + receives.
+    attempt: int = 1
+    #: How often earlier copies were re-queued after a rate limit.
+    rate_limits: int = 0
     request: AsyncRequest | None = None
     handler_future: asyncio.Future[Any] | None = None
     lost: bool = False
@@ -91,6 +99,8 @@ class Worker:
             Defaults to True.
         max_extension_seconds: Stop extending after this long (SQS allows 12 h
             in all). Defaults to 43,200.
+        max_rate_limit_retries: How often one request may be delayed by
+            `RetryAfter` before that counts as a failed attempt. Defaults to 20.
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class Worker:
         max_backoff_seconds: float = 300.0,
         heartbeat: bool = True,
         max_extension_seconds: float = _MAX_VISIBILITY,
+        max_rate_limit_retries: int = 20,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency} must be at least 1")
@@ -119,6 +130,7 @@ class Worker:
         self.max_backoff_seconds = max_backoff_seconds
         self.heartbeat = heartbeat
         self.max_extension_seconds = max_extension_seconds
+        self.max_rate_limit_retries = max_rate_limit_retries
         self.setup: QueueSetup | None = None
         self._in_flight: dict[asyncio.Task[None], _InFlight] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,7 +164,8 @@ class Worker:
         return self._started.wait(timeout)
 
     def _request_stop(self) -> None:
-        assert self._stopping is not None and self._hurry is not None
+        assert self._stopping is not None
+        assert self._hurry is not None
         if self._stopping.is_set():
             logger.info(
                 "worker %s: second stop signal, releasing running calls", self.app.name
@@ -211,7 +224,8 @@ class Worker:
     # -- receiving ------------------------------------------------------------
 
     async def _receive_loop(self, setup: QueueSetup) -> None:
-        assert self._stopping is not None and self._slot_freed is not None
+        assert self._stopping is not None
+        assert self._slot_freed is not None
         while not self._stopping.is_set():
             free = self.concurrency - len(self._in_flight)
             if free <= 0:
@@ -240,7 +254,8 @@ class Worker:
     async def _wait_for(
         self, event: asyncio.Event | None, timeout: float | None = None
     ) -> None:
-        assert event is not None and self._stopping is not None
+        assert event is not None
+        assert self._stopping is not None
         waiters = {
             asyncio.ensure_future(event.wait()),
             asyncio.ensure_future(self._stopping.wait()),
@@ -252,7 +267,12 @@ class Worker:
             waiter.cancel()
 
     def _start(self, message: Received) -> None:
-        state = _InFlight(message)
+        values = attribute_values(message.attributes)
+        state = _InFlight(
+            message,
+            attempt=_count(values.get(ATTR_FAILED_ATTEMPTS)) + message.receive_count,
+            rate_limits=_count(values.get(ATTR_RATE_LIMITS)),
+        )
         task = asyncio.ensure_future(self._process(state))
         self._in_flight[task] = state
         task.add_done_callback(self._finished)
@@ -326,6 +346,14 @@ class Worker:
             await self._reject(message, str(exc))
             return
         state.request = request
+        if await self._call(self.app.ledger.answered, request.id):
+            await self._delete(message)
+            logger.info(
+                "request %s was already answered; duplicate deleted",
+                request.id,
+                extra=self._extra(state),
+            )
+            return
         beat = asyncio.ensure_future(self._heartbeat(state)) if self.heartbeat else None
         try:
             outcome = await self._run(state, handler, request)
@@ -392,7 +420,7 @@ class Worker:
             request_id=request.id,
             tenant_id=request.tenant_id,
             response=response,
-            attempts=state.message.receive_count,
+            attempts=state.attempt,
         )
         try:
             await self._publish(answer)
@@ -401,13 +429,14 @@ class Worker:
                 state, TerminalError(exc.reason, code="response_too_large")
             )
             return
+        await self._call(self.app.ledger.record, request.id)
         await self._delete(state.message)
         logger.info(
             "request %s completed by %s in %.2f s (attempt %d)",
             request.id,
             handler.name,
             time.monotonic() - state.started,
-            state.message.receive_count,
+            state.attempt,
             extra=self._extra(state),
         )
 
@@ -429,27 +458,48 @@ class Worker:
         )
 
     async def _retry_after(self, state: _InFlight, signal_: RetryAfter) -> None:
-        delay = int(min(_MAX_VISIBILITY, max(0, round(signal_.seconds))))
-        await self._change_visibility(state, delay)
+        """Re-queue a delayed copy, so a rate limit uses up no failed attempt."""
+        assert state.request is not None
+        if state.rate_limits >= self.max_rate_limit_retries:
+            reason = f"still rate limited after {state.rate_limits} delays"
+            await self._fail(state, RuntimeError(reason))
+            return
+        delay = min(_MAX_DELAY, max(0, round(signal_.seconds)))
+        copy = _copy_attributes(state.message)
+        copy[ATTR_FAILED_ATTEMPTS] = _number(state.attempt - 1)
+        copy[ATTR_RATE_LIMITS] = _number(state.rate_limits + 1)
+        try:
+            await self._call(
+                self.app.broker.send,
+                state.message.queue_url,
+                state.message.body,
+                copy,
+                delay,
+            )
+        except TransportError as exc:
+            logger.warning("request %s: re-queue failed: %s", state.request.id, exc)
+            await self._change_visibility(state, delay)
+            return
+        await self._delete(state.message)
         logger.info(
-            "request %s rate limited; visible again in %d s (attempt %d)",
-            state.request.id if state.request else "?",
+            "request %s rate limited; re-queued to run in %d s",
+            state.request.id,
             delay,
-            state.message.receive_count,
             extra=self._extra(state),
         )
 
     async def _fail(self, state: _InFlight, exc: BaseException) -> None:
-        assert self.setup is not None and state.request is not None
-        attempt = state.message.receive_count
-        if attempt < self.setup.max_receive_count:
-            delay = self._backoff(attempt)
+        assert self.setup is not None
+        assert state.request is not None
+        limit = self.setup.max_receive_count
+        if state.attempt < limit:
+            delay = self._backoff(state.attempt)
             await self._change_visibility(state, delay)
             logger.info(
                 "request %s failed attempt %d of %d with %s; retry in %d s",
                 state.request.id,
-                attempt,
-                self.setup.max_receive_count,
+                state.attempt,
+                limit,
                 type(exc).__name__,
                 delay,
                 extra=self._extra(state),
@@ -461,20 +511,30 @@ class Worker:
             retryable=True,
         )
         await self._publish_error(state, info)
-        # Visible at once: the next receive moves it to the dead-letter queue.
-        await self._change_visibility(state, 0)
+        await self._give_up(state, f"failed {state.attempt} attempts: {info.type}")
         logger.warning(
             "request %s failed attempt %d of %d; giving up, to the dead-letter queue",
             state.request.id,
-            attempt,
-            self.setup.max_receive_count,
+            state.attempt,
+            limit,
             exc_info=exc,
             extra=self._extra(state),
         )
 
+    async def _give_up(self, state: _InFlight, reason: str) -> None:
+        """Send a request whose attempts are used up to the dead-letter queue."""
+        assert self.setup is not None
+        if state.message.receive_count >= self.setup.max_receive_count:
+            # Visible at once: the next receive lets SQS's redrive move it,
+            # body and attributes untouched.
+            await self._change_visibility(state, 0)
+        else:
+            # A copy re-queued after a rate limit has receives left.
+            await self._dead_letter(state.message, reason)
+
     def _backoff(self, attempt: int) -> int:
-        delay = self.retry_backoff_seconds * 2 ** (attempt - 1)
-        return int(round(min(self.max_backoff_seconds, delay)))
+        delay = self.retry_backoff_seconds * 2.0 ** (attempt - 1)
+        return round(min(self.max_backoff_seconds, delay))
 
     # -- queue steps ----------------------------------------------------------
 
@@ -495,7 +555,7 @@ class Worker:
             request_id=request.id,
             tenant_id=request.tenant_id,
             error=info,
-            attempts=state.message.receive_count,
+            attempts=state.attempt,
         )
         await self._publish(answer)
 
@@ -546,7 +606,7 @@ class Worker:
     async def _dead_letter(self, message: Received, reason: str) -> None:
         """Copy a message to the dead-letter queue with a reason, then delete it."""
         assert self.setup is not None
-        attributes = {name: dict(value) for name, value in message.attributes.items()}
+        attributes = _copy_attributes(message)
         attributes[ATTR_REASON] = {"DataType": "String", "StringValue": reason[:1024]}
         try:
             await self._call(
@@ -600,7 +660,7 @@ class Worker:
             "request_id": request.id if request else None,
             "tenant_id": request.tenant_id if request else None,
             "handler": request.handler if request else None,
-            "attempt": state.message.receive_count,
+            "attempt": state.attempt,
             "queue": state.message.queue_url,
         }
 
@@ -613,3 +673,18 @@ def _as_response(result: Any) -> ChatResponse | BaseException:
     except ValidationError as exc:
         reason = describe_validation_error(exc)
         return InvalidMessage(f"handler returned an invalid ChatResponse: {reason}")
+
+
+def _count(value: str | None) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
+def _number(value: int) -> dict[str, str]:
+    return {"DataType": "Number", "StringValue": str(value)}
+
+
+def _copy_attributes(message: Received) -> dict[str, dict[str, str]]:
+    return {name: dict(value) for name, value in message.attributes.items()}

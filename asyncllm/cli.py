@@ -14,6 +14,7 @@ Exit statuses of ``submit --wait`` and ``result``:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -117,7 +118,9 @@ def cli(log_level: str) -> None:
 
 @cli.command()
 @app_option
-@click.option("-c", "--concurrency", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "-c", "--concurrency", default=10, show_default=True, type=click.IntRange(1)
+)
 @click.option(
     "--grace-seconds",
     default=30.0,
@@ -164,10 +167,24 @@ def queues() -> None:
 
 @queues.command("create")
 @app_option
-@click.option("--visibility-timeout", default=300, show_default=True, type=click.IntRange(0, 43_200))
-@click.option("--retention-seconds", default=345_600, show_default=True, type=click.IntRange(60, 1_209_600))
-@click.option("--receive-wait-seconds", default=20, show_default=True, type=click.IntRange(0, 20))
-@click.option("--max-receive-count", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--visibility-timeout",
+    default=300,
+    show_default=True,
+    type=click.IntRange(0, 43_200),
+)
+@click.option(
+    "--retention-seconds",
+    default=345_600,
+    show_default=True,
+    type=click.IntRange(60, 1_209_600),
+)
+@click.option(
+    "--receive-wait-seconds", default=20, show_default=True, type=click.IntRange(0, 20)
+)
+@click.option(
+    "--max-receive-count", default=3, show_default=True, type=click.IntRange(1, 1000)
+)
 def queues_create(
     app_path: str | None,
     visibility_timeout: int,
@@ -191,7 +208,9 @@ def queues_create(
 @cli.command()
 @app_option
 @click.argument("file", type=click.File("r", encoding="utf-8"))
-@click.option("-t", "--tenant", help="The tenant [default: ASYNCLLM_TENANT_ID or 'default'].")
+@click.option(
+    "-t", "--tenant", help="The tenant [default: ASYNCLLM_TENANT_ID or 'default']."
+)
 @click.option("--handler", help="The handler to run [default: the app's default].")
 @click.option("--provider", help="A provider or route for the handler.")
 @click.option("--callback", help="A URL to notify when the request completes.")
@@ -223,7 +242,11 @@ def submit(
         result = app.send_request(request)
     else:
         result = app.submit(
-            data, tenant_id=tenant, handler=handler, provider=provider, callback=callback
+            data,
+            tenant_id=tenant,
+            handler=handler,
+            provider=provider,
+            callback=callback,
         )
     click.echo(result.id)
     if wait_seconds is not None:
@@ -247,7 +270,12 @@ def _as_async_request(
     provider: str | None,
     callback: str | None,
 ) -> AsyncRequest:
-    overrides = {"tenant_id": tenant, "handler": handler, "provider": provider, "callback": callback}
+    overrides = {
+        "tenant_id": tenant,
+        "handler": handler,
+        "provider": provider,
+        "callback": callback,
+    }
     fields = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return AsyncRequest.model_validate(fields)
@@ -258,7 +286,9 @@ def _as_async_request(
 @cli.command()
 @app_option
 @click.argument("request_id")
-@click.option("-t", "--tenant", help="Only find the request if it belongs to this tenant.")
+@click.option(
+    "-t", "--tenant", help="Only find the request if it belongs to this tenant."
+)
 @click.option(
     "--wait",
     "wait_seconds",
@@ -266,19 +296,30 @@ def _as_async_request(
     type=click.FloatRange(0),
     help="Wait up to this many seconds for the answer.",
 )
-def result(app_path: str | None, request_id: str, tenant: str | None, wait_seconds: float) -> None:
-    """Print the response to REQUEST_ID as JSON (exit status: see --help of asyncllm)."""
+def result(
+    app_path: str | None, request_id: str, tenant: str | None, wait_seconds: float
+) -> None:
+    """Print the response to REQUEST_ID as JSON.
+
+    Exit status: 0 completed, 3 failed, 4 not answered yet, 5 not found.
+    """
     _print_result(load_app(app_path), request_id, tenant, wait_seconds)
 
 
-def _print_result(app: AsyncLLM, request_id: str, tenant: str | None, wait: float) -> None:
+def _print_result(
+    app: AsyncLLM, request_id: str, tenant: str | None, wait: float
+) -> None:
     try:
         response = app.get_result(request_id, tenant_id=tenant, timeout=wait)
     except ResultNotFound:
-        click.echo(json.dumps({"request_id": request_id, "status": Status.NOT_FOUND.value}))
+        click.echo(
+            json.dumps({"request_id": request_id, "status": Status.NOT_FOUND.value})
+        )
         sys.exit(EXIT_NOT_FOUND)
     except ResultTimeout:
-        click.echo(json.dumps({"request_id": request_id, "status": Status.QUEUED.value}))
+        click.echo(
+            json.dumps({"request_id": request_id, "status": Status.QUEUED.value})
+        )
         sys.exit(EXIT_PENDING)
     click.echo(_response_json(response))
     if not response.ok:
@@ -287,7 +328,9 @@ def _print_result(app: AsyncLLM, request_id: str, tenant: str | None, wait: floa
 
 def _response_json(response: AsyncResponse) -> str:
     status = Status.COMPLETED if response.ok else Status.FAILED
-    return json.dumps({"status": status.value, **response.to_wire()}, ensure_ascii=False)
+    return json.dumps(
+        {"status": status.value, **response.to_wire()}, ensure_ascii=False
+    )
 
 
 @cli.command()
@@ -309,11 +352,11 @@ def local_sqs(port: int) -> None:
 
     with LocalSQS(port) as sqs:
         click.echo(f"export ASYNCLLM_SQS_ENDPOINT_URL={sqs.endpoint_url}")
-        click.echo("# then: asyncllm queues create; Ctrl-C stops the endpoint", err=True)
-        try:
+        click.echo(
+            "# then: asyncllm queues create; Ctrl-C stops the endpoint", err=True
+        )
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
 
 
 @cli.command()
@@ -337,6 +380,8 @@ def demo(app_path: str, requests_dir: Path, timeout: float) -> None:
     """Run the whole flow on this machine: local SQS, a worker, requests, answers."""
     from ._demo import run_demo
 
+    if logging.getLogger().level >= logging.INFO:
+        logging.getLogger("asyncllm").setLevel(logging.WARNING)
     sys.exit(run_demo(app_path, requests_dir, timeout))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_REGION"] = "us-east-1"
 os.environ.pop("AWS_PROFILE", None)
+# Default stores (results, ledger) go to a throw-away state directory.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="asyncllm-test-state-")
 for _name in list(os.environ):
     if _name.startswith(("ASYNCLLM_", "SQS_")):
         del os.environ[_name]
@@ -59,6 +62,7 @@ def app_settings(
         "request_queue": f"{queue_prefix}-requests",
         "response_queue": f"{queue_prefix}-responses",
         "result_store": f"sqlite:///{tmp_path / 'results.sqlite3'}",
+        "ledger": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
         "wait_time_seconds": 1,
     }
 

@@ -35,7 +35,9 @@ async def offline_echo(request: AsyncRequest) -> ChatResponse:
     answer = f"Received {len(words)} words from {request.tenant_id}"
     if words:
         answer += f"; first: {words[0]!r}, last: {words[-1]!r}"
-    prompt_tokens = sum(len(_text_of(m.content).split()) for m in request.request.messages)
+    prompt_tokens = sum(
+        len(_text_of(m.content).split()) for m in request.request.messages
+    )
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": len(answer.split()),
