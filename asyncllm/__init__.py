@@ -7,6 +7,7 @@ run the handler you decorated on an `AsyncLLM` app and publish an
 
 from ._app import AsyncLLM, AsyncResult, Handler
 from ._broker import Broker, MemoryBroker, Received, SQSBroker
+from ._collector import Collector
 from ._config import Settings
 from ._errors import (
     AsyncLLMError,
@@ -17,6 +18,7 @@ from ._errors import (
     QueueSetupError,
     RequestFailed,
     ResultError,
+    ResultExpired,
     ResultNotFound,
     ResultTimeout,
     RetryAfter,
@@ -36,6 +38,7 @@ from ._models import (
     now_timestamp,
     parse_timestamp,
 )
+from ._providers import ProviderError, parse_duration, provider_error
 from ._queues import QueueOptions, QueueSetup
 from ._results import (
     MemoryResultStore,
@@ -56,6 +59,7 @@ __all__ = [
     "AsyncResult",
     "Broker",
     "ChatMessage",
+    "Collector",
     "ChatRequest",
     "ChatResponse",
     "Choice",
@@ -67,12 +71,14 @@ __all__ = [
     "MemoryBroker",
     "MemoryResultStore",
     "PayloadTooLarge",
+    "ProviderError",
     "QueueOptions",
     "QueueSetup",
     "QueueSetupError",
     "Received",
     "RequestFailed",
     "ResultError",
+    "ResultExpired",
     "ResultNotFound",
     "ResultStore",
     "ResultTimeout",
@@ -92,5 +98,7 @@ __all__ = [
     "decode_response",
     "encode",
     "now_timestamp",
+    "parse_duration",
     "parse_timestamp",
+    "provider_error",
 ]

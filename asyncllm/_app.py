@@ -7,16 +7,18 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._broker import Broker, make_broker
+from ._collector import Collector
 from ._config import Settings
 from ._errors import (
     ConfigurationError,
     InvalidMessage,
     RequestFailed,
+    ResultExpired,
     ResultNotFound,
     ResultTimeout,
     TransportError,
@@ -28,9 +30,7 @@ from ._queues import QueueOptions, QueueSetup, check_queues, create_queues
 from ._results import ResultStore, Status, open_result_store
 from ._wire import (
     SQS_MAX_MESSAGE_BYTES,
-    attribute_values,
     check_size,
-    decode_response,
     encode,
     make_attributes,
 )
@@ -113,6 +113,7 @@ class AsyncLLM:
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
         self._ledger: Ledger | None = None
+        self._collector: Collector | None = None
         self._max_bytes: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -206,7 +207,11 @@ class AsyncLLM:
         """The result store, opened on first use."""
         with self._lock:
             if self._results is None:
-                self._results = open_result_store(self.settings.result_store)
+                self._results = open_result_store(
+                    self.settings.result_store,
+                    self.settings.result_ttl_seconds,
+                    self.settings,
+                )
             return self._results
 
     @property
@@ -303,8 +308,7 @@ class AsyncLLM:
             tenant_id: When given, another tenant's request reads as not found.
         """
         self.collect()
-        record = self.results.get(request_id, tenant_id)
-        return record.status if record is not None else Status.NOT_FOUND
+        return self.results.status(request_id, tenant_id)
 
     def get_result(
         self,
@@ -327,86 +331,108 @@ class AsyncLLM:
         Raises:
             ResultNotFound: The id is unknown here (never submitted through this
                 store, or another tenant's) and no response for it arrived.
+            ResultExpired: The result was kept longer than the store's TTL.
             ResultTimeout: The request is known but was not answered in time.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self.results.get(request_id, tenant_id)
-            if record is not None and record.response is not None:
-                return record.response
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return self._give_up(request_id, tenant_id, record is not None)
-            wait = self.settings.wait_time_seconds if remaining is None else remaining
-            if (
-                self.collect(wait_seconds=min(wait, self.settings.wait_time_seconds))
-                == 0
-            ):
-                time.sleep(0.05 if remaining is None else min(0.05, remaining))
+        for response in self.as_completed([request_id], tenant_id, timeout):
+            return response
+        raise AssertionError("as_completed ended without an answer")  # pragma: no cover
 
-    def _give_up(
-        self, request_id: str, tenant_id: str | None, known: bool
-    ) -> AsyncResponse:
-        self.collect()
-        record = self.results.get(request_id, tenant_id)
-        if record is not None and record.response is not None:
-            return record.response
-        if record is None and not known:
-            raise ResultNotFound(f"no request {request_id!r} is known")
-        raise ResultTimeout(f"request {request_id!r} is not answered yet")
+    def wait(
+        self,
+        handles: Iterable[AsyncResult | str],
+        timeout: float | None = None,
+        tenant_id: str | None = None,
+    ) -> list[AsyncResponse]:
+        """Wait for many requests and return their responses in the given order.
 
-    def collect(
-        self, wait_seconds: float = 0, max_batches: int = _COLLECT_BATCHES
-    ) -> int:
-        """Move responses from the response queue into the result store.
+        Raises:
+            ResultTimeout: Some were not answered within ``timeout``; the
+                message counts them.
+        """
+        ids = [_id_of(handle) for handle in handles]
+        answers = {
+            answer.request_id: answer
+            for answer in self.as_completed(ids, tenant_id, timeout)
+        }
+        return [answers[request_id] for request_id in ids]
 
-        A response message is deleted only after the store has it. A message
-        that is not a valid response is left on the queue, so the response
-        queue's redrive policy moves it to its dead-letter queue.
+    def as_completed(
+        self,
+        handles: Iterable[AsyncResult | str],
+        tenant_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[AsyncResponse]:
+        """Yield responses as their requests are answered, in any order.
 
         Args:
-            wait_seconds: Long-poll wait of the first receive, in seconds.
-            max_batches: At most this many receives of up to 10 messages.
+            handles: Request handles or ids.
+            tenant_id: When given, other tenants' requests read as not found.
+            timeout: Seconds to wait in all; None waits for as long as it
+                takes, 0 looks once.
 
-        Returns:
-            How many responses were stored.
+        Raises:
+            ResultNotFound: An id is unknown and no response for it arrived.
+            ResultExpired: A result was kept longer than the store's TTL.
+            ResultTimeout: Known requests were still unanswered at the deadline.
         """
-        queue_url = self.broker.queue_url(self.settings.response_queue)
-        stored = 0
-        for batch in range(max_batches):
-            messages = self.broker.receive(
-                queue_url, 10, wait_seconds if batch == 0 else 0
-            )
-            if not messages:
-                break
-            for message in messages:
-                stored += self._store_response(message.body, message, queue_url)
-        return stored
+        pending = {_id_of(handle): handle for handle in handles}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            yield from self._take_answered(pending, tenant_id)
+            if not pending:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self.collect()
+                yield from self._take_answered(pending, tenant_id)
+                self._raise_unanswered(pending, tenant_id)
+            self._collect_or_nap(remaining)
 
-    def _store_response(self, body: str | bytes, message: Any, queue_url: str) -> int:
-        try:
-            response = decode_response(body)
-        except InvalidMessage as exc:
-            attributes = attribute_values(message.attributes)
-            logger.warning(
-                "response message %s is not a valid response: %s",
-                message.message_id,
-                exc.reason,
-                extra={"request_id": attributes.get("RequestID"), "queue": queue_url},
-            )
-            return 0
-        first = self.results.put(response)
-        self.broker.delete(queue_url, message.receipt)
-        if not first:
-            logger.info(
-                "request %s answered again; the first answer stands",
-                response.request_id,
-                extra={
-                    "request_id": response.request_id,
-                    "tenant_id": response.tenant_id,
-                },
-            )
-        return 1
+    def _take_answered(
+        self, pending: dict[str, Any], tenant_id: str | None
+    ) -> Iterator[AsyncResponse]:
+        for request_id in list(pending):
+            record = self.results.get(request_id, tenant_id)
+            if record is not None and record.response is not None:
+                del pending[request_id]
+                yield record.response
+            elif record is not None and record.status is Status.EXPIRED:
+                message = f"the result of request {request_id!r} has expired"
+                raise ResultExpired(message)
+
+    def _raise_unanswered(self, pending: dict[str, Any], tenant_id: str | None) -> None:
+        if not pending:
+            return
+        unknown = [i for i in pending if self.results.get(i, tenant_id) is None]
+        if unknown:
+            raise ResultNotFound(f"no request {unknown[0]!r} is known")
+        first = next(iter(pending))
+        if len(pending) == 1:
+            raise ResultTimeout(f"request {first!r} is not answered yet")
+        raise ResultTimeout(f"{len(pending)} requests are not answered yet")
+
+    def _collect_or_nap(self, remaining: float | None) -> None:
+        wait = self.settings.wait_time_seconds
+        if remaining is not None:
+            wait = min(wait, max(0, int(remaining)))
+        if self.collect(wait_seconds=wait) == 0 and wait == 0:
+            time.sleep(0.05 if remaining is None else min(0.05, remaining))
+
+    def collect(self, wait_seconds: float = 0, max_batches: int = 50) -> int:
+        """Move responses from the response queue into the result store.
+
+        See `Collector.collect`; returns how many responses were stored.
+        """
+        return self.collector.collect(wait_seconds, max_batches)
+
+    @property
+    def collector(self) -> Collector:
+        """The app's `Collector`."""
+        with self._lock:
+            if self._collector is None:
+                self._collector = Collector(self)
+            return self._collector
 
     def worker(self, **options: Any) -> Worker:
         """Return a `Worker` for this app; options are `Worker`'s keyword arguments."""
@@ -426,6 +452,10 @@ class AsyncLLM:
             if self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+
+
+def _id_of(handle: AsyncResult | str) -> str:
+    return handle if isinstance(handle, str) else handle.id
 
 
 def _build_request(fields: dict[str, Any]) -> AsyncRequest:

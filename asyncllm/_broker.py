@@ -85,7 +85,7 @@ class Broker(abc.ABC):
     def send(
         self,
         queue_url: str,
-        body: str,
+        body: str | bytes,
         attributes: Mapping[str, Mapping[str, str]],
         delay_seconds: int = 0,
     ) -> str:
@@ -208,7 +208,7 @@ class SQSBroker(Broker):
     def send(
         self,
         queue_url: str,
-        body: str,
+        body: str | bytes,
         attributes: Mapping[str, Mapping[str, str]],
         delay_seconds: int = 0,
     ) -> str:
@@ -216,7 +216,9 @@ class SQSBroker(Broker):
         with _translate_errors("SendMessage", queue_url):
             reply = self._client.send_message(
                 QueueUrl=queue_url,
-                MessageBody=body,
+                # Bodies received from SQS are always text; bytes come only
+                # from the memory broker.
+                MessageBody=body if isinstance(body, str) else body.decode(),
                 MessageAttributes=cast(Any, dict(attributes)),
                 DelaySeconds=delay_seconds,
             )
@@ -342,7 +344,7 @@ class MemoryBroker(Broker):
     def send(
         self,
         queue_url: str,
-        body: str,
+        body: str | bytes,
         attributes: Mapping[str, Mapping[str, str]],
         delay_seconds: int = 0,
     ) -> str:

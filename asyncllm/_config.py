@@ -29,6 +29,7 @@ ENVIRONMENT: dict[str, str] = {
     "ASYNCLLM_DEAD_LETTER_QUEUE_URL": "dead_letter_queue",
     "ASYNCLLM_RESULT_STORE": "result_store",
     "ASYNCLLM_LEDGER": "ledger",
+    "ASYNCLLM_RESULT_TTL_SECONDS": "result_ttl_seconds",
     "ASYNCLLM_TENANT_ID": "default_tenant",
     "ASYNCLLM_WAIT_TIME_SECONDS": "wait_time_seconds",
 }
@@ -72,6 +73,8 @@ class Settings:
     dead_letter_queue: str | None = None
     #: Where looked-up responses are kept: ``sqlite:///PATH`` or ``memory://``.
     result_store: str = dataclasses.field(default_factory=default_result_store)
+    #: How long a result is kept after its last change, in seconds (7 days).
+    result_ttl_seconds: int = 604_800
     #: Where workers remember answered request ids: ``sqlite:///PATH``,
     #: ``memory://`` or ``none://``; None picks ``memory://`` for the memory
     #: broker and a SQLite file in the user's state dir otherwise.
@@ -114,8 +117,9 @@ class Settings:
             if env.get(variable):
                 values[name] = env[variable]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "wait_time_seconds" in values:
-            values["wait_time_seconds"] = _as_int(values["wait_time_seconds"])
+        for name in ("wait_time_seconds", "result_ttl_seconds"):
+            if name in values:
+                values[name] = _as_int(values[name])
         return cls(**values)
 
     @property

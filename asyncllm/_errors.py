@@ -13,6 +13,7 @@ __all__ = [
     "QueueSetupError",
     "RequestFailed",
     "ResultError",
+    "ResultExpired",
     "ResultNotFound",
     "ResultTimeout",
     "RetryAfter",
@@ -124,6 +125,10 @@ class ResultError(AsyncLLMError):
 
 class ResultNotFound(ResultError, LookupError):
     """No request with this id is known to the result store or the response queue."""
+
+
+class ResultExpired(ResultError, LookupError):
+    """The request's result was kept for longer than the store's TTL and is gone."""
 
 
 class ResultTimeout(ResultError, TimeoutError):

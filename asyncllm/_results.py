@@ -2,8 +2,17 @@
 
 SQS is not a key-value store: a response message can be read once and then it
 is gone. Lookups therefore drain the response queue into a store and answer
-from the store. A store knows three things per request id: its tenant, its
-status and, once answered, the `AsyncResponse`.
+from the store. A store keeps, per request id, its tenant, its status and,
+once answered, the `AsyncResponse`, for ``ttl_seconds`` after the last change;
+after that the id reads as `Status.EXPIRED`.
+
+Which store to pick:
+
+- ``memory://``: tests and one-process scripts; gone with the process.
+- ``sqlite:///PATH``: the default; one file shared safely by the processes of
+  one machine (WAL mode). Nothing to install or run.
+- ``dynamodb://TABLE``: fleets of submitters, workers and gateways on many
+  machines; create the table with ``asyncllm results create``.
 """
 
 from __future__ import annotations
@@ -15,13 +24,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError
 from ._models import AsyncResponse
 from ._wire import decode_response, encode
 
+if TYPE_CHECKING:
+    from ._config import Settings
+
 __all__ = [
+    "DEFAULT_TTL_SECONDS",
     "MemoryResultStore",
     "ResultStore",
     "SQLiteResultStore",
@@ -29,6 +43,9 @@ __all__ = [
     "StoredResult",
     "open_result_store",
 ]
+
+#: How long a result is kept after its last change: 7 days.
+DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 
 
 class Status(str, enum.Enum):
@@ -40,7 +57,10 @@ class Status(str, enum.Enum):
     COMPLETED = "completed"
     #: Answered with an error.
     FAILED = "failed"
-    #: Neither submitted here nor answered: unknown id, or another tenant's.
+    #: Known once, but kept for longer than the store's TTL.
+    EXPIRED = "expired"
+    #: Never submitted through this store and not answered: an unknown id, or
+    #: another tenant's.
     NOT_FOUND = "not_found"
 
     def __str__(self) -> str:
@@ -57,18 +77,37 @@ class StoredResult:
     response: AsyncResponse | None = None
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One stored record, as every backend keeps it."""
+
+    request_id: str
+    tenant_id: str
+    status: Status
+    body: str | None
+    expires_at: float
+
+
 def _status_of(response: AsyncResponse) -> Status:
     return Status.COMPLETED if response.ok else Status.FAILED
 
 
 class ResultStore(abc.ABC):
-    """Keeps responses by request id; the first final answer for an id wins."""
+    """Keeps responses by request id; the first final answer for an id wins.
 
-    @abc.abstractmethod
+    Args:
+        ttl_seconds: How long a record is kept after its last change.
+            Defaults to 7 days.
+    """
+
+    def __init__(self, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
+        self.ttl_seconds = ttl_seconds
+
     def mark_queued(self, request_id: str, tenant_id: str) -> None:
         """Record that a request was submitted; an existing record is kept."""
+        row = _Row(request_id, tenant_id, Status.QUEUED, None, self._expiry())
+        self._insert_queued(row)
 
-    @abc.abstractmethod
     def put(self, response: AsyncResponse) -> bool:
         """Store a response.
 
@@ -76,8 +115,15 @@ class ResultStore(abc.ABC):
             True if it became the request's answer, False if the request was
             already answered (the later response is then ignored).
         """
+        row = _Row(
+            response.request_id,
+            response.tenant_id,
+            _status_of(response),
+            encode(response),
+            self._expiry(),
+        )
+        return self._put_answer(row)
 
-    @abc.abstractmethod
     def get(self, request_id: str, tenant_id: str | None = None) -> StoredResult | None:
         """Return the record of a request, or None if unknown.
 
@@ -85,6 +131,60 @@ class ResultStore(abc.ABC):
             request_id: The request id.
             tenant_id: When given, a record of another tenant reads as unknown.
         """
+        row = self._load(request_id)
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            return None
+        if row.expires_at <= time.time():
+            return StoredResult(request_id, row.tenant_id, Status.EXPIRED)
+        response = decode_response(row.body) if row.body is not None else None
+        return StoredResult(request_id, row.tenant_id, row.status, response)
+
+    def status(self, request_id: str, tenant_id: str | None = None) -> Status:
+        """Return the status of a request, `Status.NOT_FOUND` when unknown."""
+        record = self.get(request_id, tenant_id)
+        return record.status if record is not None else Status.NOT_FOUND
+
+    def stats(self) -> dict[Status, int]:
+        """Count the records per status, expired ones as `Status.EXPIRED`."""
+        counts = dict.fromkeys(
+            (Status.QUEUED, Status.COMPLETED, Status.FAILED, Status.EXPIRED), 0
+        )
+        now = time.time()
+        for status, expires_at in self._statuses():
+            key = Status.EXPIRED if expires_at <= now else status
+            counts[key] += 1
+        return counts
+
+    def expire(self) -> int:
+        """Drop the responses of expired records, keeping their ids as expired.
+
+        Returns:
+            How many records were expired by this call.
+        """
+        return self._expire(time.time())
+
+    def _expiry(self) -> float:
+        return time.time() + self.ttl_seconds
+
+    @abc.abstractmethod
+    def _insert_queued(self, row: _Row) -> None:
+        """Insert a queued record unless the id exists."""
+
+    @abc.abstractmethod
+    def _put_answer(self, row: _Row) -> bool:
+        """Store an answer unless the id already has one; True if stored."""
+
+    @abc.abstractmethod
+    def _load(self, request_id: str) -> _Row | None:
+        """Return the record of an id."""
+
+    @abc.abstractmethod
+    def _statuses(self) -> list[tuple[Status, float]]:
+        """Return (status, expires_at) of every record."""
+
+    @abc.abstractmethod
+    def _expire(self, now: float) -> int:
+        """Mark records past ``now`` as expired and drop their bodies."""
 
     def close(self) -> None:  # noqa: B027 - optional for subclasses
         """Release the store's resources."""
@@ -93,36 +193,45 @@ class ResultStore(abc.ABC):
 class MemoryResultStore(ResultStore):
     """A store that lives as long as the process: for tests and one-off scripts."""
 
-    def __init__(self) -> None:
-        self._records: dict[str, StoredResult] = {}
+    def __init__(self, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
+        super().__init__(ttl_seconds)
+        self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
 
-    def mark_queued(self, request_id: str, tenant_id: str) -> None:
-        """Record that a request was submitted; an existing record is kept."""
+    def _insert_queued(self, row: _Row) -> None:
         with self._lock:
-            self._records.setdefault(
-                request_id, StoredResult(request_id, tenant_id, Status.QUEUED)
-            )
+            self._rows.setdefault(row.request_id, row)
 
-    def put(self, response: AsyncResponse) -> bool:
-        """Store a response unless the request already has an answer."""
-        record = StoredResult(
-            response.request_id, response.tenant_id, _status_of(response), response
-        )
+    def _put_answer(self, row: _Row) -> bool:
         with self._lock:
-            current = self._records.get(response.request_id)
-            if current is not None and current.response is not None:
+            current = self._rows.get(row.request_id)
+            if current is not None and (
+                current.body is not None or current.status is Status.EXPIRED
+            ):
                 return False
-            self._records[response.request_id] = record
+            self._rows[row.request_id] = row
         return True
 
-    def get(self, request_id: str, tenant_id: str | None = None) -> StoredResult | None:
-        """Return the record of a request, scoped to ``tenant_id`` when given."""
+    def _load(self, request_id: str) -> _Row | None:
         with self._lock:
-            record = self._records.get(request_id)
-        if record is None or (tenant_id is not None and record.tenant_id != tenant_id):
-            return None
-        return record
+            return self._rows.get(request_id)
+
+    def _statuses(self) -> list[tuple[Status, float]]:
+        with self._lock:
+            return [(row.status, row.expires_at) for row in self._rows.values()]
+
+    def _expire(self, now: float) -> int:
+        with self._lock:
+            expired = [
+                row
+                for row in self._rows.values()
+                if row.expires_at <= now and row.status is not Status.EXPIRED
+            ]
+            for row in expired:
+                self._rows[row.request_id] = _Row(
+                    row.request_id, row.tenant_id, Status.EXPIRED, None, row.expires_at
+                )
+        return len(expired)
 
 
 _SCHEMA = """
@@ -131,17 +240,18 @@ CREATE TABLE IF NOT EXISTS results (
     tenant_id TEXT NOT NULL,
     status TEXT NOT NULL,
     body TEXT,
-    updated_at REAL NOT NULL
+    expires_at REAL NOT NULL
 )
 """
 
+# The first answer wins: a row that already has a body is never overwritten.
 _PUT = """
-INSERT INTO results (request_id, tenant_id, status, body, updated_at)
+INSERT INTO results (request_id, tenant_id, status, body, expires_at)
 VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (request_id) DO UPDATE SET
     tenant_id = excluded.tenant_id, status = excluded.status,
-    body = excluded.body, updated_at = excluded.updated_at
-WHERE results.body IS NULL
+    body = excluded.body, expires_at = excluded.expires_at
+WHERE results.body IS NULL AND results.status != 'expired'
 """
 
 
@@ -150,83 +260,108 @@ class SQLiteResultStore(ResultStore):
 
     Args:
         path: The database file; its folder is created if missing.
+        ttl_seconds: How long a record is kept. Defaults to 7 days.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, ttl_seconds: float = DEFAULT_TTL_SECONDS
+    ) -> None:
+        super().__init__(ttl_seconds)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connect() as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(_SCHEMA)
+        connection = self._connect()
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        connection: sqlite3.Connection | None = getattr(self._local, "db", None)
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             connection.execute("PRAGMA busy_timeout=30000")
-            self._local.connection = connection
+            self._local.db = connection
         return connection
 
-    def mark_queued(self, request_id: str, tenant_id: str) -> None:
-        """Record that a request was submitted; an existing record is kept."""
+    def _insert_queued(self, row: _Row) -> None:
         self._connect().execute(
             "INSERT OR IGNORE INTO results VALUES (?, ?, ?, NULL, ?)",
-            (request_id, tenant_id, Status.QUEUED.value, time.time()),
+            (row.request_id, row.tenant_id, row.status.value, row.expires_at),
         )
 
-    def put(self, response: AsyncResponse) -> bool:
-        """Store a response unless the request already has an answer."""
-        cursor = self._connect().execute(
-            _PUT,
-            (
-                response.request_id,
-                response.tenant_id,
-                _status_of(response).value,
-                encode(response),
-                time.time(),
-            ),
+    def _put_answer(self, row: _Row) -> bool:
+        values = (
+            row.request_id,
+            row.tenant_id,
+            row.status.value,
+            row.body,
+            row.expires_at,
         )
-        return cursor.rowcount > 0
+        return self._connect().execute(_PUT, values).rowcount > 0
 
-    def get(self, request_id: str, tenant_id: str | None = None) -> StoredResult | None:
-        """Return the record of a request, scoped to ``tenant_id`` when given."""
-        row = (
+    def _load(self, request_id: str) -> _Row | None:
+        found = (
             self._connect()
             .execute(
-                "SELECT tenant_id, status, body FROM results WHERE request_id = ?",
+                "SELECT tenant_id, status, body, expires_at FROM results "
+                "WHERE request_id = ?",
                 (request_id,),
             )
             .fetchone()
         )
-        if row is None or (tenant_id is not None and row[0] != tenant_id):
+        if found is None:
             return None
-        response = decode_response(row[2]) if row[2] is not None else None
-        return StoredResult(request_id, row[0], Status(row[1]), response)
+        return _Row(request_id, found[0], Status(found[1]), found[2], found[3])
+
+    def _statuses(self) -> list[tuple[Status, float]]:
+        rows = self._connect().execute("SELECT status, expires_at FROM results")
+        return [(Status(status), expires_at) for status, expires_at in rows]
+
+    def _expire(self, now: float) -> int:
+        cursor = self._connect().execute(
+            "UPDATE results SET status = 'expired', body = NULL "
+            "WHERE expires_at <= ? AND status != 'expired'",
+            (now,),
+        )
+        return cursor.rowcount
 
     def close(self) -> None:
         """Close this thread's connection."""
-        connection = getattr(self._local, "connection", None)
+        connection = getattr(self._local, "db", None)
         if connection is not None:
             connection.close()
-            self._local.connection = None
+            self._local.db = None
 
 
-def open_result_store(url: str) -> ResultStore:
-    """Open the store a URL names: ``sqlite:///PATH`` or ``memory://``.
+def open_result_store(
+    url: str,
+    ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    settings: Settings | None = None,
+) -> ResultStore:
+    """Open the store a URL names.
 
     ``sqlite:///results.db`` is relative to the working directory and
-    ``sqlite:////var/lib/asyncllm/results.db`` is absolute.
+    ``sqlite:////var/lib/asyncllm/results.db`` is absolute (as in SQLAlchemy).
+
+    Args:
+        url: ``memory://``, ``sqlite:///PATH`` or ``dynamodb://TABLE``.
+        ttl_seconds: How long records are kept. Defaults to 7 days.
+        settings: Region, endpoint and credentials, for DynamoDB.
 
     Raises:
         ConfigurationError: The URL names no supported store.
     """
     parts = urlsplit(url)
     if parts.scheme == "memory":
-        return MemoryResultStore()
-    # As in SQLAlchemy: sqlite:///relative.db and sqlite:////absolute/path.db.
-    path = parts.path[1:]
-    if parts.scheme == "sqlite" and path:
-        return SQLiteResultStore(path)
-    message = f"result store {url!r} is not supported; use sqlite:///PATH or memory://"
+        return MemoryResultStore(ttl_seconds)
+    if parts.scheme == "sqlite" and parts.path[1:]:
+        return SQLiteResultStore(parts.path[1:], ttl_seconds)
+    if parts.scheme == "dynamodb" and parts.netloc:
+        from ._config import Settings
+        from ._dynamodb import DynamoDBResultStore
+
+        return DynamoDBResultStore(parts.netloc, settings or Settings(), ttl_seconds)
+    message = (
+        f"result store {url!r} is not supported; use sqlite:///PATH, "
+        "dynamodb://TABLE or memory://"
+    )
     raise ConfigurationError(message)

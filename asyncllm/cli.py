@@ -9,6 +9,7 @@ Exit statuses of ``submit --wait`` and ``result``:
 3     the request failed; the error response is printed
 4     the request is queued but not answered yet
 5     no request with that id is known
+6     the result was kept longer than its TTL and is gone
 ====  =====================================================
 """
 
@@ -27,17 +28,32 @@ from typing import Any, TypeVar
 import click
 
 from ._app import AsyncLLM
-from ._errors import AsyncLLMError, InvalidMessage, ResultNotFound, ResultTimeout
+from ._errors import (
+    AsyncLLMError,
+    InvalidMessage,
+    ResultExpired,
+    ResultNotFound,
+    ResultTimeout,
+)
 from ._models import AsyncRequest, AsyncResponse
 from ._queues import QueueOptions
 from ._results import Status
 from ._version import __version__
 
-__all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_PENDING", "cli", "load_app", "main"]
+__all__ = [
+    "EXIT_EXPIRED",
+    "EXIT_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_PENDING",
+    "cli",
+    "load_app",
+    "main",
+]
 
 EXIT_FAILED = 3
 EXIT_PENDING = 4
 EXIT_NOT_FOUND = 5
+EXIT_EXPIRED = 6
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,6 +97,11 @@ def app_option(func: F) -> F:
     return option(func)
 
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the whole AsyncResponse as JSON."
+)
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
@@ -111,8 +132,10 @@ class _Group(click.Group):
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="How much to log, on standard error.",
 )
-def cli(log_level: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
     """Asynchronous LLM requests on AWS SQS."""
+    ctx.obj = {"log_level": log_level}
     _configure_logging(log_level)
 
 
@@ -140,16 +163,42 @@ def cli(log_level: str) -> None:
     type=click.FloatRange(0),
     help="Delay before the second attempt; doubles after that.",
 )
+@click.option(
+    "-p",
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker processes, for handlers that use the CPU.",
+)
+@click.pass_context
 def worker(
+    ctx: click.Context,
     app_path: str | None,
     concurrency: int,
     grace_seconds: float,
     wait_time_seconds: int | None,
     retry_backoff_seconds: float,
+    processes: int,
 ) -> None:
-    """Run handlers for the requests on the request queue."""
+    """Run handlers for the requests on the request queue.
+
+    SIGTERM or SIGINT stops receiving at once, releases what was received but
+    not started, and lets running calls finish within --grace-seconds; a
+    second signal releases them at once. The exit status is 0.
+    """
     if not app_path:
         raise click.UsageError("the worker needs an app: -A package.module:app")
+    if processes > 1:
+        from ._supervisor import supervise
+
+        child_args = ["--log-level", ctx.obj["log_level"], "worker", "-A", app_path]
+        child_args += ["--concurrency", str(concurrency)]
+        child_args += ["--grace-seconds", str(grace_seconds)]
+        child_args += ["--retry-backoff-seconds", str(retry_backoff_seconds)]
+        if wait_time_seconds is not None:
+            child_args += ["--wait-time-seconds", str(wait_time_seconds)]
+        sys.exit(supervise(child_args, processes))
     app = load_app(app_path)
     runner = app.worker(
         concurrency=concurrency,
@@ -199,7 +248,14 @@ def queues_create(
         receive_wait_seconds=receive_wait_seconds,
         max_receive_count=max_receive_count,
     )
-    setup = load_app(app_path).create_queues(options)
+    app = load_app(app_path)
+    setup = app.create_queues(options)
+    table = _dynamodb_table(app)
+    if table is not None:
+        from ._dynamodb import create_results_table
+
+        create_results_table(app.settings, table)
+        click.echo(f"result table:      {table}")
     click.echo(f"request queue:     {setup.request_url}")
     click.echo(f"response queue:    {setup.response_url}")
     click.echo(f"dead-letter queue: {setup.dead_letter_url}")
@@ -220,6 +276,7 @@ def queues_create(
     type=click.FloatRange(0),
     help="Wait up to this many seconds and print the response.",
 )
+@json_option
 def submit(
     app_path: str | None,
     file: Any,
@@ -228,6 +285,7 @@ def submit(
     provider: str | None,
     callback: str | None,
     wait_seconds: float | None,
+    as_json: bool,
 ) -> None:
     """Queue the chat request in FILE (a path, or - for standard input).
 
@@ -250,7 +308,7 @@ def submit(
         )
     click.echo(result.id)
     if wait_seconds is not None:
-        _print_result(app, result.id, result.tenant_id, wait_seconds)
+        _print_result(app, result.id, result.tenant_id, wait_seconds, as_json)
 
 
 def _read_json(file: Any) -> dict[str, Any]:
@@ -296,41 +354,111 @@ def _as_async_request(
     type=click.FloatRange(0),
     help="Wait up to this many seconds for the answer.",
 )
+@json_option
 def result(
-    app_path: str | None, request_id: str, tenant: str | None, wait_seconds: float
+    app_path: str | None,
+    request_id: str,
+    tenant: str | None,
+    wait_seconds: float,
+    as_json: bool,
 ) -> None:
-    """Print the response to REQUEST_ID as JSON.
+    """Print the answer to REQUEST_ID: its text, or with --json the whole response.
 
-    Exit status: 0 completed, 3 failed, 4 not answered yet, 5 not found.
+    Exit status: 0 completed, 3 failed, 4 not answered yet, 5 not found,
+    6 expired.
     """
-    _print_result(load_app(app_path), request_id, tenant, wait_seconds)
+    _print_result(load_app(app_path), request_id, tenant, wait_seconds, as_json)
 
 
 def _print_result(
-    app: AsyncLLM, request_id: str, tenant: str | None, wait: float
+    app: AsyncLLM, request_id: str, tenant: str | None, wait: float, as_json: bool
 ) -> None:
     try:
         response = app.get_result(request_id, tenant_id=tenant, timeout=wait)
     except ResultNotFound:
-        click.echo(
-            json.dumps({"request_id": request_id, "status": Status.NOT_FOUND.value})
+        _print_status(
+            request_id, Status.NOT_FOUND, "no request with this id is known", as_json
         )
         sys.exit(EXIT_NOT_FOUND)
+    except ResultExpired:
+        _print_status(request_id, Status.EXPIRED, "the result has expired", as_json)
+        sys.exit(EXIT_EXPIRED)
     except ResultTimeout:
-        click.echo(
-            json.dumps({"request_id": request_id, "status": Status.QUEUED.value})
-        )
+        _print_status(request_id, Status.QUEUED, "not answered yet", as_json)
         sys.exit(EXIT_PENDING)
-    click.echo(_response_json(response))
+    status = Status.COMPLETED if response.ok else Status.FAILED
+    if as_json:
+        body = {"status": status.value, **response.to_wire()}
+        click.echo(json.dumps(body, ensure_ascii=False))
+    else:
+        click.echo(_response_text(response))
     if not response.ok:
         sys.exit(EXIT_FAILED)
 
 
-def _response_json(response: AsyncResponse) -> str:
-    status = Status.COMPLETED if response.ok else Status.FAILED
-    return json.dumps(
-        {"status": status.value, **response.to_wire()}, ensure_ascii=False
-    )
+def _print_status(request_id: str, status: Status, text: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"request_id": request_id, "status": status.value}))
+    else:
+        click.echo(f"{status.value}: {text} ({request_id})")
+
+
+def _response_text(response: AsyncResponse) -> str:
+    """The answer's text, or the message as JSON when it has no plain text."""
+    if response.error is not None:
+        return f"failed: {response.error.type}: {response.error.message}"
+    assert response.response is not None
+    if response.response.content is not None:
+        return response.response.content
+    choices = [choice.to_wire() for choice in response.response.choices]
+    return json.dumps(choices, ensure_ascii=False, indent=2)
+
+
+@cli.group()
+def results() -> None:
+    """Inspect and provision the result store."""
+
+
+@results.command("stats")
+@app_option
+@json_option
+def results_stats(app_path: str | None, as_json: bool) -> None:
+    """Read new responses, then count the stored results per status."""
+    app = load_app(app_path)
+    app.collect()
+    counts = {status.value: count for status, count in app.results.stats().items()}
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    for status, count in counts.items():
+        click.echo(f"{status:<10} {count:>8}")
+
+
+@results.command("create")
+@app_option
+def results_create(app_path: str | None) -> None:
+    """Create the DynamoDB table of a dynamodb://TABLE result store."""
+    app = load_app(app_path)
+    table = _dynamodb_table(app)
+    if table is None:
+        message = f"the result store {app.settings.result_store!r} needs no creating"
+        raise click.UsageError(message)
+    from ._dynamodb import create_results_table
+
+    created = create_results_table(app.settings, table)
+    click.echo(f"table {table} {'created' if created else 'already exists'}")
+
+
+def _dynamodb_table(app: AsyncLLM) -> str | None:
+    url = app.settings.result_store
+    return url.split("://", 1)[1] if url.startswith("dynamodb://") else None
+
+
+@cli.command()
+@app_option
+def collect(app_path: str | None) -> None:
+    """Move responses from the response queue into the result store, until stopped."""
+    sys.exit(load_app(app_path).collector.run())
 
 
 @cli.command()
