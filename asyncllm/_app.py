@@ -7,11 +7,18 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._broker import Broker, make_broker
+from ._broker import Broker, Outgoing, make_broker
 from ._collector import Collector
 from ._config import Settings
 from ._errors import (
@@ -32,6 +39,7 @@ from ._wire import (
     SQS_MAX_MESSAGE_BYTES,
     check_size,
     encode,
+    encoded_size,
     make_attributes,
 )
 
@@ -285,6 +293,70 @@ class AsyncLLM:
         )
         return AsyncResult(self, request.id, request.tenant_id)
 
+    def submit_many(
+        self,
+        requests: Iterable[ChatRequest | Mapping[str, Any]],
+        *,
+        tenant_id: str | None = None,
+        handler: str | None = None,
+        provider: str | None = None,
+    ) -> list[AsyncResult]:
+        """Queue many chat requests with batched SQS calls (10 per call).
+
+        Every request is validated before anything is sent.
+
+        Args:
+            requests: Chat requests or dicts in the chat-completions shape.
+            tenant_id: The tenant of all of them. Defaults to
+                ``settings.default_tenant``.
+            handler: The handler to run. Defaults to the app's default.
+            provider: A provider or route for the handler, if any.
+
+        Returns:
+            One handle per request, in order.
+
+        Raises:
+            InvalidMessage: A request is not valid; the message names its index.
+            TransportError: Some messages could not be sent after retries; the
+                message names them. Those before them in the batch were sent.
+        """
+        common = {
+            "tenant_id": tenant_id or self.settings.default_tenant,
+            "handler": handler,
+            "provider": provider,
+        }
+        prepared = []
+        for index, request in enumerate(requests):
+            fields = {k: v for k, v in common.items() if v is not None}
+            try:
+                prepared.append(_build_request({**fields, "request": request}))
+            except InvalidMessage as exc:
+                raise InvalidMessage(f"requests[{index}]: {exc.reason}") from None
+        return self.send_requests(prepared)
+
+    def send_requests(self, requests: Sequence[AsyncRequest]) -> list[AsyncResult]:
+        """Queue prepared requests with SendMessageBatch; see `submit_many`."""
+        queue_url = self.broker.queue_url(self.settings.request_queue)
+        limit = self._max_message_bytes(queue_url)
+        outgoing = [_outgoing(request, limit) for request in requests]
+        for request in requests:
+            self.results.mark_queued(request.id, request.tenant_id)
+        for batch in _batches(outgoing):
+            self._send_batch(queue_url, batch)
+        logger.info("%d requests queued", len(requests), extra={"queue": queue_url})
+        return [AsyncResult(self, r.id, r.tenant_id) for r in requests]
+
+    def _send_batch(self, queue_url: str, batch: list[Outgoing]) -> None:
+        """Send one batch, retrying the entries SQS did not accept."""
+        for attempt in range(4):
+            failed = set(self.broker.send_batch(queue_url, batch))
+            batch = [entry for entry in batch if entry.id in failed]
+            if not batch:
+                return
+            time.sleep(0.1 * 2**attempt)
+        ids = ", ".join(entry.id for entry in batch)
+        raise TransportError(f"SQS did not accept requests {ids} after 4 tries")
+
     def _max_message_bytes(self, queue_url: str) -> int:
         if queue_url not in self._max_bytes:
             try:
@@ -452,6 +524,28 @@ class AsyncLLM:
             if self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+
+
+def _outgoing(request: AsyncRequest, limit: int) -> Outgoing:
+    body = encode(request)
+    attributes = make_attributes(request.tenant_id, request.id)
+    check_size(body, attributes, limit)
+    return Outgoing(request.id, body, attributes)
+
+
+def _batches(entries: list[Outgoing]) -> Iterator[list[Outgoing]]:
+    """Split entries into batches of at most 10 messages and 1 MiB."""
+    batch: list[Outgoing] = []
+    size = 0
+    for entry in entries:
+        entry_size = encoded_size(entry.body, entry.attributes)
+        if batch and (len(batch) == 10 or size + entry_size > SQS_MAX_MESSAGE_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(entry)
+        size += entry_size
+    if batch:
+        yield batch
 
 
 def _id_of(handle: AsyncResult | str) -> str:

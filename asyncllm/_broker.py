@@ -35,6 +35,7 @@ from ._errors import TransportError
 
 __all__ = [
     "Broker",
+    "Outgoing",
     "MemoryBroker",
     "MessageGone",
     "QueueNotFound",
@@ -78,6 +79,23 @@ class Received:
     sent_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message of a batch send.
+
+    Attributes:
+        id: An id for the entry, unique within its batch.
+        body: The message body.
+        attributes: The message attributes in SQS's shape.
+        delay_seconds: How long the message stays hidden after sending.
+    """
+
+    id: str
+    body: str
+    attributes: Mapping[str, Mapping[str, str]]
+    delay_seconds: int = 0
+
+
 class Broker(abc.ABC):
     """The queue operations asyncllm uses, with SQS semantics."""
 
@@ -91,11 +109,32 @@ class Broker(abc.ABC):
     ) -> str:
         """Send one message and return its message id."""
 
+    def send_batch(self, queue_url: str, entries: Sequence[Outgoing]) -> list[str]:
+        """Send up to 10 messages in one call.
+
+        Returns:
+            The ids of the entries that failed; the others were sent.
+        """
+        failed = []
+        for entry in entries:
+            try:
+                self.send(queue_url, entry.body, entry.attributes, entry.delay_seconds)
+            except TransportError:
+                failed.append(entry.id)
+        return failed
+
     @abc.abstractmethod
     def receive(
-        self, queue_url: str, max_messages: int, wait_seconds: float
+        self,
+        queue_url: str,
+        max_messages: int,
+        wait_seconds: float,
+        visibility_timeout: int | None = None,
     ) -> list[Received]:
-        """Receive up to ``max_messages``, waiting up to ``wait_seconds`` for one."""
+        """Receive up to ``max_messages``, waiting up to ``wait_seconds`` for one.
+
+        ``visibility_timeout`` overrides the queue's for these messages.
+        """
 
     @abc.abstractmethod
     def delete(self, queue_url: str, receipt: str) -> None:
@@ -128,6 +167,10 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def set_attributes(self, queue_url: str, attributes: Mapping[str, str]) -> None:
         """Change a queue's attributes."""
+
+    @abc.abstractmethod
+    def purge(self, queue_url: str) -> None:
+        """Delete every message of a queue."""
 
     def close(self) -> None:  # noqa: B027 - optional for subclasses
         """Release connections."""
@@ -224,10 +267,38 @@ class SQSBroker(Broker):
             )
         return str(reply["MessageId"])
 
+    def send_batch(self, queue_url: str, entries: Sequence[Outgoing]) -> list[str]:
+        """Send up to 10 messages with one SendMessageBatch call.
+
+        Returns:
+            The ids of the entries SQS did not accept.
+        """
+        request = [
+            {
+                "Id": entry.id,
+                "MessageBody": entry.body,
+                "MessageAttributes": dict(entry.attributes),
+                "DelaySeconds": entry.delay_seconds,
+            }
+            for entry in entries
+        ]
+        with _translate_errors("SendMessageBatch", queue_url):
+            reply = self._client.send_message_batch(
+                QueueUrl=queue_url, Entries=cast(Any, request)
+            )
+        return [failure["Id"] for failure in reply.get("Failed", [])]
+
     def receive(
-        self, queue_url: str, max_messages: int, wait_seconds: float
+        self,
+        queue_url: str,
+        max_messages: int,
+        wait_seconds: float,
+        visibility_timeout: int | None = None,
     ) -> list[Received]:
         """Receive up to ``max_messages`` (1-10), long-polling ``wait_seconds``."""
+        options: dict[str, Any] = {}
+        if visibility_timeout is not None:
+            options["VisibilityTimeout"] = visibility_timeout
         with _translate_errors("ReceiveMessage", queue_url):
             reply = self._client.receive_message(
                 QueueUrl=queue_url,
@@ -235,6 +306,7 @@ class SQSBroker(Broker):
                 WaitTimeSeconds=int(wait_seconds),
                 MessageAttributeNames=["All"],
                 MessageSystemAttributeNames=cast(Any, _SYSTEM_ATTRIBUTES),
+                **options,
             )
         return [_from_sqs(queue_url, item) for item in reply.get("Messages", [])]
 
@@ -283,6 +355,11 @@ class SQSBroker(Broker):
             self._client.set_queue_attributes(
                 QueueUrl=queue_url, Attributes=cast(Any, dict(attributes))
             )
+
+    def purge(self, queue_url: str) -> None:
+        """Delete every message of a queue (SQS allows one purge a minute)."""
+        with _translate_errors("PurgeQueue", queue_url):
+            self._client.purge_queue(QueueUrl=queue_url)
 
     def close(self) -> None:
         """Close kombu's connection (no message is held by it)."""
@@ -368,18 +445,25 @@ class MemoryBroker(Broker):
         return str(message["message_id"])
 
     def receive(
-        self, queue_url: str, max_messages: int, wait_seconds: float
+        self,
+        queue_url: str,
+        max_messages: int,
+        wait_seconds: float,
+        visibility_timeout: int | None = None,
     ) -> list[Received]:
         """Receive up to ``max_messages``, polling up to ``wait_seconds``."""
         deadline = time.monotonic() + wait_seconds
+        limit = max(1, min(10, max_messages))
         while True:
             with self._lock:
-                received = self._take(queue_url, max(1, min(10, max_messages)))
+                received = self._take(queue_url, limit, visibility_timeout)
             if received or time.monotonic() >= deadline:
                 return received
             time.sleep(0.02)
 
-    def _take(self, name: str, limit: int) -> list[Received]:
+    def _take(
+        self, name: str, limit: int, visibility_timeout: int | None
+    ) -> list[Received]:
         queue = self._queue(name)
         self._restore_expired(name, queue)
         received: list[Received] = []
@@ -391,7 +475,7 @@ class MemoryBroker(Broker):
             message["receive_count"] += 1
             if self._redrive(queue, message):
                 continue
-            received.append(self._deliver(name, queue, message))
+            received.append(self._deliver(name, queue, message, visibility_timeout))
         return received
 
     def _restore_expired(self, name: str, queue: _MemoryQueue) -> None:
@@ -413,10 +497,16 @@ class MemoryBroker(Broker):
         return True
 
     def _deliver(
-        self, name: str, queue: _MemoryQueue, message: dict[str, Any]
+        self,
+        name: str,
+        queue: _MemoryQueue,
+        message: dict[str, Any],
+        visibility_timeout: int | None,
     ) -> Received:
         receipt = str(uuid.uuid4())
-        timeout = int(queue.attributes.get("VisibilityTimeout", "30"))
+        timeout = visibility_timeout
+        if timeout is None:
+            timeout = int(queue.attributes.get("VisibilityTimeout", "30"))
         queue.in_flight[receipt] = (time.monotonic() + timeout, message)
         return Received(
             queue_url=name,
@@ -475,6 +565,13 @@ class MemoryBroker(Broker):
         """Change a memory queue's attributes."""
         with self._lock:
             self._queue(queue_url).attributes.update(attributes)
+
+    def purge(self, queue_url: str) -> None:
+        """Delete every message of a memory queue."""
+        with self._lock:
+            queue = self._queue(queue_url)
+            queue.in_flight.clear()
+            self._channel._purge(queue_url)
 
     def _queue(self, name: str) -> _MemoryQueue:
         try:

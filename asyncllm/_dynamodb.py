@@ -121,11 +121,16 @@ class DynamoDBResultStore(ResultStore):
             "put_item",
             Item=self._item(row),
             ConditionExpression=(
-                "attribute_not_exists(request_id) OR "
-                "(attribute_not_exists(body) AND #s = :queued)"
+                "attribute_not_exists(request_id) OR #s = :queued OR "
+                "(#s = :failed AND :new = :completed)"
             ),
             ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":queued": {"S": Status.QUEUED.value}},
+            ExpressionAttributeValues={
+                ":queued": {"S": Status.QUEUED.value},
+                ":failed": {"S": Status.FAILED.value},
+                ":completed": {"S": Status.COMPLETED.value},
+                ":new": {"S": row.status.value},
+            },
         )
         return reply is not None
 

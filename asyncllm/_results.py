@@ -88,12 +88,23 @@ class _Row:
     expires_at: float
 
 
+def _replaces(current: Status, new: Status) -> bool:
+    """The first answer wins, but a success replaces a failure (after a redrive)."""
+    return current is Status.QUEUED or (
+        current is Status.FAILED and new is Status.COMPLETED
+    )
+
+
 def _status_of(response: AsyncResponse) -> Status:
     return Status.COMPLETED if response.ok else Status.FAILED
 
 
 class ResultStore(abc.ABC):
-    """Keeps responses by request id; the first final answer for an id wins.
+    """Keeps responses by request id.
+
+    The first answer for an id wins, with one exception: a success replaces a
+    failure, so a request redriven from the dead-letter queue and answered
+    again reads as completed.
 
     Args:
         ttl_seconds: How long a record is kept after its last change.
@@ -205,9 +216,7 @@ class MemoryResultStore(ResultStore):
     def _put_answer(self, row: _Row) -> bool:
         with self._lock:
             current = self._rows.get(row.request_id)
-            if current is not None and (
-                current.body is not None or current.status is Status.EXPIRED
-            ):
+            if current is not None and not _replaces(current.status, row.status):
                 return False
             self._rows[row.request_id] = row
         return True
@@ -244,14 +253,16 @@ CREATE TABLE IF NOT EXISTS results (
 )
 """
 
-# The first answer wins: a row that already has a body is never overwritten.
+# The first answer wins, except that a success replaces a failure (a request
+# redriven from the dead-letter queue and answered again).
 _PUT = """
 INSERT INTO results (request_id, tenant_id, status, body, expires_at)
 VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (request_id) DO UPDATE SET
     tenant_id = excluded.tenant_id, status = excluded.status,
     body = excluded.body, expires_at = excluded.expires_at
-WHERE results.body IS NULL AND results.status != 'expired'
+WHERE results.status = 'queued'
+   OR (results.status = 'failed' AND excluded.status = 'completed')
 """
 
 

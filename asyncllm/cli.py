@@ -261,6 +261,155 @@ def queues_create(
     click.echo(f"dead-letter queue: {setup.dead_letter_url}")
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@queues.command("status")
+@app_option
+@json_option
+def queues_status(app_path: str | None, as_json: bool) -> None:
+    """Show what each queue holds and where its settings differ from ours."""
+    from ._ops import cloudwatch_oldest_age, queue_status
+
+    app = load_app(app_path)
+    setup = app.check_queues()
+    age = (
+        cloudwatch_oldest_age(app.settings) if app.settings.transport == "sqs" else None
+    )
+    rows = queue_status(app.broker, setup, age)
+    if as_json:
+        click.echo(json.dumps([row.__dict__ for row in rows], default=list))
+        return
+    click.echo(
+        f"{'queue':<13} {'visible':>8} {'in flight':>10} {'delayed':>8} {'oldest':>8}"
+    )
+    for row in rows:
+        click.echo(
+            f"{row.role:<13} {row.visible:>8} {row.in_flight:>10} {row.delayed:>8} "
+            f"{_age(row.oldest_age_seconds):>8}"
+        )
+    for row in rows:
+        for warning in row.warnings:
+            click.echo(f"warning: {row.role}: {warning}")
+    click.echo(f"max receives before the dead-letter queue: {setup.max_receive_count}")
+
+
+@queues.command("purge")
+@app_option
+@click.argument("queue", type=click.Choice(["requests", "responses", "dead-letters"]))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def queues_purge(app_path: str | None, queue: str, yes: bool) -> None:
+    """Delete every message of QUEUE (requests, responses or dead-letters)."""
+    app = load_app(app_path)
+    setup = app.check_queues()
+    urls = {
+        "requests": setup.request_url,
+        "responses": setup.response_url,
+        "dead-letters": setup.dead_letter_url,
+    }
+    if not yes:
+        click.confirm(f"Delete every message of {urls[queue]}?", abort=True)
+    app.broker.purge(urls[queue])
+    click.echo(f"purged {urls[queue]}")
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect the dead-letter queue and send requests back."""
+
+
+def _matching(
+    letters: list[Any], tenant: str | None, reason: str | None, ids: tuple[str, ...]
+) -> list[Any]:
+    return [
+        letter
+        for letter in letters
+        if (tenant is None or letter.tenant_id == tenant)
+        and (reason is None or reason.lower() in letter.reason.lower())
+        and (not ids or letter.request_id in ids)
+    ]
+
+
+@dlq.command("list")
+@app_option
+@click.option("-t", "--tenant", help="Only this tenant's requests.")
+@click.option("--reason", help="Only reasons containing this text.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--show-body", is_flag=True, help="Also print the bodies (prompt text).")
+@json_option
+def dlq_list(
+    app_path: str | None,
+    tenant: str | None,
+    reason: str | None,
+    limit: int,
+    show_body: bool,
+    as_json: bool,
+) -> None:
+    """List dead-lettered requests: id, tenant, reason, receives and age."""
+    from ._ops import dead_letters, release
+
+    app = load_app(app_path)
+    setup = app.check_queues()
+    letters = dead_letters(app.broker, setup.dead_letter_url, limit)
+    try:
+        for letter in _matching(letters, tenant, reason, ()):
+            line = letter.summary(show_body)
+            if as_json:
+                click.echo(json.dumps(line, ensure_ascii=False))
+            else:
+                click.echo(
+                    f"{line['request_id'] or '-'}  {line['tenant_id'] or '-'}  "
+                    f"receives={line['receives']}  age={_age(letter.age_seconds)}  "
+                    f"{line['reason']}" + (f"\n    {line['body']}" if show_body else "")
+                )
+    finally:
+        release(app.broker, letters)
+
+
+@dlq.command("redrive")
+@app_option
+@click.option("-t", "--tenant", help="Only this tenant's requests.")
+@click.option("--id", "ids", multiple=True, help="Only this request id (repeatable).")
+@click.option(
+    "--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000)
+)
+@click.option("--dry-run", is_flag=True, help="Show what would move, move nothing.")
+def dlq_redrive(
+    app_path: str | None,
+    tenant: str | None,
+    ids: tuple[str, ...],
+    limit: int,
+    dry_run: bool,
+) -> None:
+    """Send dead-lettered requests back to the request queue, attempts reset."""
+    from ._ops import dead_letters, redrive, release
+
+    app = load_app(app_path)
+    setup = app.check_queues()
+    letters = dead_letters(app.broker, setup.dead_letter_url, limit)
+    chosen = _matching(letters, tenant, None, ids)
+    try:
+        for letter in chosen:
+            if not dry_run:
+                redrive(app.broker, setup.request_url, letter)
+            click.echo(
+                f"{'would move' if dry_run else 'moved'} {letter.request_id or '-'} "
+                f"({letter.tenant_id or '-'}): {letter.reason}"
+            )
+    finally:
+        moved = set() if dry_run else {id(letter) for letter in chosen}
+        release(app.broker, [x for x in letters if id(x) not in moved])
+    verb = "would move" if dry_run else "moved"
+    click.echo(f"{len(chosen)} of {len(letters)} dead letters {verb}")
+
+
 @cli.command()
 @app_option
 @click.argument("file", type=click.File("r", encoding="utf-8"))
@@ -516,3 +665,148 @@ def demo(app_path: str, requests_dir: Path, timeout: float) -> None:
 def main() -> None:
     """Run the command line (the ``asyncllm`` console script)."""
     cli(prog_name="asyncllm")
+
+
+@cli.group()
+def batch() -> None:
+    """Push files in OpenAI's Batch format through the queues."""
+
+
+@batch.command("submit")
+@app_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-m",
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The manifest to write or resume [default: FILE.manifest.jsonl].",
+)
+@click.option(
+    "-t", "--tenant", help="The tenant [default: ASYNCLLM_TENANT_ID or 'default']."
+)
+@click.option(
+    "--skip-invalid", is_flag=True, help="Send the valid lines of a file with bad ones."
+)
+def batch_submit(
+    app_path: str | None,
+    file: Path,
+    manifest_path: Path | None,
+    tenant: str | None,
+    skip_invalid: bool,
+) -> None:
+    """Validate FILE.jsonl, then queue its requests and record them in a manifest.
+
+    A bad line (not JSON, a duplicate custom_id, a url other than
+    /v1/chat/completions, an invalid body) is reported by its number and,
+    without --skip-invalid, nothing is sent. Running the command again with
+    the same manifest sends only the lines that were not sent yet.
+    """
+    from ._batch import Manifest, parse_batch_file
+
+    with file.open(encoding="utf-8") as stream:
+        parsed = parse_batch_file(stream)
+    for problem in parsed.problems:
+        click.echo(f"{file}: {problem}", err=True)
+    if parsed.problems and not skip_invalid:
+        click.echo(f"{len(parsed.problems)} bad lines; nothing sent", err=True)
+        sys.exit(2)
+    app = load_app(app_path)
+    manifest = Manifest(manifest_path or file.with_name(file.name + ".manifest.jsonl"))
+    if not manifest.header:
+        manifest.start(file, tenant or app.settings.default_tenant, len(parsed.lines))
+    todo = [line for line in parsed.lines if line.line not in manifest.sent]
+    with click.progressbar(length=len(todo), label="sending", file=sys.stderr) as bar:
+        for start in range(0, len(todo), 10):
+            chunk = todo[start : start + 10]
+            app.send_requests(manifest.requests(chunk))
+            manifest.record(chunk)
+            bar.update(len(chunk))
+    click.echo(
+        f"{manifest.batch_id}: sent {len(todo)}, already sent "
+        f"{len(parsed.lines) - len(todo)}, skipped {len(parsed.problems)} bad lines; "
+        f"manifest {manifest.path}"
+    )
+
+
+@batch.command("wait")
+@app_option
+@click.argument(
+    "manifest_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--timeout", type=click.FloatRange(0), help="Give up after this many seconds."
+)
+def batch_wait(
+    app_path: str | None, manifest_path: Path, timeout: float | None
+) -> None:
+    """Wait until every request of a batch is answered, showing progress.
+
+    Exit status 0 when all are answered, 4 when the timeout came first.
+    """
+    import time
+
+    from ._batch import Manifest, statuses
+
+    app = load_app(app_path)
+    manifest = Manifest(manifest_path)
+    total = len(manifest.sent)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with click.progressbar(length=total, label="answered", file=sys.stderr) as bar:
+        done = 0
+        while True:
+            counts = statuses(manifest, app.results)
+            now_done = counts[Status.COMPLETED] + counts[Status.FAILED]
+            bar.update(now_done - done)
+            done = now_done
+            if done >= total or (deadline is not None and time.monotonic() > deadline):
+                break
+            app.collect(wait_seconds=1)
+    summary = ", ".join(
+        f"{status.value} {count}" for status, count in counts.items() if count
+    )
+    click.echo(f"{manifest.batch_id}: {summary or 'empty'}")
+    if done < total:
+        sys.exit(EXIT_PENDING)
+
+
+@batch.command("results")
+@app_option
+@click.argument(
+    "manifest_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the successful lines.",
+)
+@click.option(
+    "-e",
+    "--errors",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the failed lines [default: OUTPUT with .errors.jsonl].",
+)
+def batch_results(
+    app_path: str | None, manifest_path: Path, output: Path, errors: Path | None
+) -> None:
+    """Write a batch's answers in OpenAI's output format, in input order.
+
+    Failed and unanswered requests go to the errors file, never the output.
+    """
+    from ._batch import Manifest, output_lines
+
+    app = load_app(app_path)
+    app.collect()
+    manifest = Manifest(manifest_path)
+    errors = errors or output.with_name(output.stem + ".errors.jsonl")
+    counts = [0, 0]
+    with (
+        output.open("w", encoding="utf-8") as good,
+        errors.open("w", encoding="utf-8") as bad,
+    ):
+        for ok, line in output_lines(manifest, app.results):
+            (good if ok else bad).write(json.dumps(line, ensure_ascii=False) + "\n")
+            counts[0 if ok else 1] += 1
+    click.echo(f"{counts[0]} answers in {output}, {counts[1]} errors in {errors}")
