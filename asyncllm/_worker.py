@@ -3,7 +3,9 @@
 One worker process runs an asyncio event loop. ``async def`` handlers run on
 that loop and plain functions on a thread pool, up to ``concurrency`` calls at
 once. Queue calls are blocking boto3 calls, so they run on a separate small
-thread pool and never wait behind a slow handler.
+thread pool and never wait behind a slow handler. Each plain-function call gets
+a daemon thread of its own, so that a call that overran its timeout or was
+released at shutdown neither holds a slot nor keeps the process from exiting.
 
 The life of one message is a chain of small steps: receive (only as many as
 there are free slots) → decode → run the handler while a heartbeat keeps the
@@ -37,12 +39,15 @@ from ._errors import (
     TransportError,
     UnknownHandler,
 )
+from ._metrics import Metrics
 from ._models import AsyncRequest, AsyncResponse, ChatResponse, ErrorInfo
 from ._queues import QueueSetup, check_queues
 from ._wire import (
     ATTR_FAILED_ATTEMPTS,
     ATTR_RATE_LIMITS,
     ATTR_REASON,
+    ATTR_REQUEST_ID,
+    ATTR_TENANT_ID,
     attribute_values,
     check_size,
     decode_request,
@@ -77,6 +82,7 @@ class _InFlight:
     #: How often earlier copies were re-queued after a rate limit.
     rate_limits: int = 0
     request: AsyncRequest | None = None
+    handler: str = "unknown"
     handler_future: asyncio.Future[Any] | None = None
     lost: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -101,6 +107,9 @@ class Worker:
             in all). Defaults to 43,200.
         max_rate_limit_retries: How often one request may be delayed by
             `RetryAfter` before that counts as a failed attempt. Defaults to 20.
+        metrics: Where to count what happens. Defaults to counting nothing.
+        log_payloads: Log request and response bodies at DEBUG. Defaults to
+            False: prompt text is never logged otherwise.
     """
 
     def __init__(
@@ -115,6 +124,8 @@ class Worker:
         heartbeat: bool = True,
         max_extension_seconds: float = _MAX_VISIBILITY,
         max_rate_limit_retries: int = 20,
+        metrics: Metrics | None = None,
+        log_payloads: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency} must be at least 1")
@@ -131,6 +142,8 @@ class Worker:
         self.heartbeat = heartbeat
         self.max_extension_seconds = max_extension_seconds
         self.max_rate_limit_retries = max_rate_limit_retries
+        self.metrics = metrics or Metrics()
+        self.log_payloads = log_payloads
         self.setup: QueueSetup | None = None
         self._in_flight: dict[asyncio.Task[None], _InFlight] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,7 +152,6 @@ class Worker:
         self._slot_freed: asyncio.Event | None = None
         self._started = threading.Event()
         self._io: ThreadPoolExecutor | None = None
-        self._handler_pool: ThreadPoolExecutor | None = None
 
     # -- running and stopping -------------------------------------------------
 
@@ -180,7 +192,6 @@ class Worker:
         self._hurry = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._io = ThreadPoolExecutor(min(64, self.concurrency + 8), "asyncllm-io")
-        self._handler_pool = ThreadPoolExecutor(self.concurrency, "asyncllm-handler")
         if install_signal_handlers:
             self._install_signal_handlers()
         try:
@@ -193,7 +204,6 @@ class Worker:
             await self._shut_down()
         finally:
             self._io.shutdown(wait=True)
-            self._handler_pool.shutdown(wait=False, cancel_futures=True)
         logger.info("worker %s stopped", self.app.name)
         return 0
 
@@ -275,10 +285,12 @@ class Worker:
         )
         task = asyncio.ensure_future(self._process(state))
         self._in_flight[task] = state
+        self.metrics.in_flight(len(self._in_flight))
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self.metrics.in_flight(len(self._in_flight))
         assert self._slot_freed is not None
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
@@ -346,6 +358,8 @@ class Worker:
             await self._reject(message, str(exc))
             return
         state.request = request
+        state.handler = handler.name
+        self._count_received(state)
         if await self._call(self.app.ledger.answered, request.id):
             await self._delete(message)
             logger.info(
@@ -354,14 +368,58 @@ class Worker:
                 extra=self._extra(state),
             )
             return
-        beat = asyncio.ensure_future(self._heartbeat(state)) if self.heartbeat else None
+        assert self._stopping is not None
+        if self._stopping.is_set():
+            # Received just before the stop signal; never started.
+            await self._release(message)
+            return
+        done = asyncio.Event()
+        beat = (
+            asyncio.ensure_future(self._heartbeat(state, done))
+            if self.heartbeat
+            else None
+        )
         try:
             outcome = await self._run(state, handler, request)
         finally:
+            done.set()
             if beat is not None:
-                beat.cancel()
-        if outcome is not None:
-            await self._settle(state, handler, outcome)
+                # Let a visibility change under way land before settling, so
+                # that it cannot undo a release, a retry delay or a delete.
+                await asyncio.wait({beat}, timeout=60)
+        if outcome is None:
+            await self._release(message)
+            logger.info(
+                "request %s released at shutdown", request.id, extra=self._extra(state)
+            )
+            return
+        await self._settle(state, handler, outcome)
+
+    def _count_received(self, state: _InFlight) -> None:
+        assert state.request is not None
+        sent = state.message.sent_at
+        dwell = time.time() - sent if sent is not None else None
+        self.metrics.received(state.handler, state.request.tenant_id, dwell)
+        if self.log_payloads and logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request %s body: %s",
+                state.request.id,
+                state.message.body,
+                extra=self._extra(state),
+            )
+
+    def _count(self, state: _InFlight, outcome: str) -> None:
+        """Count an outcome: succeeded, failed, retried or dead_lettered."""
+        tenant = state.request.tenant_id if state.request else "unknown"
+        seconds = time.monotonic() - state.started
+        if outcome == "succeeded":
+            self.metrics.succeeded(state.handler, tenant, seconds)
+        elif outcome == "failed":
+            self.metrics.failed(state.handler, tenant, seconds)
+        elif outcome == "retried":
+            self.metrics.retried(state.handler, tenant)
+        else:
+            self.metrics.dead_lettered(state.handler, tenant)
 
     async def _run(
         self, state: _InFlight, handler: Handler, request: AsyncRequest
@@ -372,9 +430,7 @@ class Worker:
             call = cast(Awaitable[Any], handler.func(request))
             future: asyncio.Future[Any] = asyncio.ensure_future(call)
         else:
-            future = self._loop.run_in_executor(
-                self._handler_pool, handler.func, request
-            )
+            future = _run_in_daemon_thread(self._loop, handler.func, request)
         state.handler_future = future
         try:
             result = await asyncio.wait_for(future, handler.timeout_seconds)
@@ -383,10 +439,6 @@ class Worker:
                 f"handler {handler.name!r} ran over {handler.timeout_seconds:g} s"
             )
         except asyncio.CancelledError:
-            await self._release(state.message)
-            logger.info(
-                "request %s released at shutdown", request.id, extra=self._extra(state)
-            )
             return None
         except Exception as exc:
             return exc
@@ -431,6 +483,9 @@ class Worker:
             return
         await self._call(self.app.ledger.record, request.id)
         await self._delete(state.message)
+        self._count(state, "succeeded")
+        if self.log_payloads and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("request %s response: %s", request.id, response.to_wire())
         logger.info(
             "request %s completed by %s in %.2f s (attempt %d)",
             request.id,
@@ -450,6 +505,8 @@ class Worker:
         )
         await self._publish_error(state, info)
         await self._dead_letter(state.message, f"terminal error: {error.message}")
+        self._count(state, "failed")
+        self._count(state, "dead_lettered")
         logger.warning(
             "request %s failed terminally: %s",
             state.request.id if state.request else state.message.message_id,
@@ -492,9 +549,11 @@ class Worker:
         assert self.setup is not None
         assert state.request is not None
         limit = self.setup.max_receive_count
+        self._count(state, "failed")
         if state.attempt < limit:
             delay = self._backoff(state.attempt)
             await self._change_visibility(state, delay)
+            self._count(state, "retried")
             logger.info(
                 "request %s failed attempt %d of %d with %s; retry in %d s",
                 state.request.id,
@@ -505,13 +564,18 @@ class Worker:
                 extra=self._extra(state),
             )
             return
+        code = getattr(exc, "code", None)
+        status_code = getattr(exc, "status_code", None)
         info = ErrorInfo(
             type=type(exc).__name__,
             message=str(exc) or type(exc).__name__,
+            code=code if isinstance(code, str) else None,
+            status_code=status_code if type(status_code) is int else None,
             retryable=True,
         )
         await self._publish_error(state, info)
         await self._give_up(state, f"failed {state.attempt} attempts: {info.type}")
+        self._count(state, "dead_lettered")
         logger.warning(
             "request %s failed attempt %d of %d; giving up, to the dead-letter queue",
             state.request.id,
@@ -587,14 +651,23 @@ class Worker:
     async def _reject(self, message: Received, reason: str) -> None:
         """Move a message the worker cannot use to the dead-letter queue."""
         request_id, tenant_id = peek_identity(message.body)
-        attribute_tenant = attribute_values(message.attributes).get("TenantID")
+        values = attribute_values(message.attributes)
+        attribute_tenant = values.get(ATTR_TENANT_ID)
+        attribute_id = values.get(ATTR_REQUEST_ID)
         logger.warning(
             "message %s rejected: %s",
             message.message_id,
             reason,
             extra={"request_id": request_id, "tenant_id": tenant_id},
         )
-        if request_id and tenant_id and attribute_tenant in (None, tenant_id):
+        # Answer only when it is plain whom to answer: attributes that disagree
+        # with the body could misdirect the error to another tenant's request.
+        if (
+            request_id
+            and tenant_id
+            and attribute_tenant in (None, tenant_id)
+            and attribute_id in (None, request_id)
+        ):
             error = ErrorInfo(type="InvalidMessage", message=reason, retryable=False)
             answer = AsyncResponse(
                 request_id=request_id, tenant_id=tenant_id, error=error
@@ -602,6 +675,7 @@ class Worker:
             with contextlib.suppress(InvalidMessage, TransportError, ValidationError):
                 await self._publish(answer)
         await self._dead_letter(message, reason)
+        self.metrics.dead_lettered("unknown", tenant_id or "unknown")
 
     async def _dead_letter(self, message: Received, reason: str) -> None:
         """Copy a message to the dead-letter queue with a reason, then delete it."""
@@ -625,14 +699,17 @@ class Worker:
             return
         await self._delete(message)
 
-    async def _heartbeat(self, state: _InFlight) -> None:
-        """Keep the message invisible while its handler runs."""
+    async def _heartbeat(self, state: _InFlight, done: asyncio.Event) -> None:
+        """Keep the message invisible while its handler runs, until ``done``."""
         assert self.setup is not None
         timeout = self.setup.visibility_timeout
         interval = max(0.2, timeout / 2)
         begun = time.monotonic()
         while time.monotonic() - begun < self.max_extension_seconds:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), interval)
+            if done.is_set():
+                return
             try:
                 await self._call(
                     self.app.broker.change_visibility,
@@ -640,6 +717,7 @@ class Worker:
                     state.message.receipt,
                     timeout,
                 )
+                self.metrics.heartbeat()
             except MessageGone:
                 state.lost = True
                 logger.warning(
@@ -663,6 +741,39 @@ class Worker:
             "attempt": state.attempt,
             "queue": state.message.queue_url,
         }
+
+
+def _run_in_daemon_thread(
+    loop: asyncio.AbstractEventLoop, func: Callable[[Any], Any], argument: Any
+) -> asyncio.Future[Any]:
+    """Call ``func(argument)`` on a new daemon thread; returns the call's future.
+
+    Unlike a thread pool's, the thread is not joined at interpreter exit, and a
+    call that is abandoned (timed out or released) frees its slot at once.
+    """
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if future.done():
+            return
+        if failed and isinstance(outcome, StopIteration):
+            # A future refuses StopIteration; hand on what it means.
+            future.set_exception(RuntimeError(f"handler raised {outcome!r}"))
+        elif failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def target() -> None:
+        try:
+            outcome, failed = func(argument), False
+        except BaseException as exc:  # handed to the awaiting coroutine
+            outcome, failed = exc, True
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(settle, outcome, failed)
+
+    threading.Thread(target=target, name="asyncllm-handler", daemon=True).start()
+    return future
 
 
 def _as_response(result: Any) -> ChatResponse | BaseException:

@@ -35,6 +35,8 @@ from ._errors import (
     ResultNotFound,
     ResultTimeout,
 )
+from ._logging import configure_logging
+from ._metrics import Metrics
 from ._models import AsyncRequest, AsyncResponse
 from ._queues import QueueOptions
 from ._results import Status
@@ -102,16 +104,6 @@ json_option = click.option(
 )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-
 class _Group(click.Group):
     """Turns asyncllm's own errors into one clear line and exit status 1."""
 
@@ -132,11 +124,31 @@ class _Group(click.Group):
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="How much to log, on standard error.",
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    envvar="ASYNCLLM_LOG_FORMAT",
+    help="Text lines, or one JSON object per line [env: ASYNCLLM_LOG_FORMAT].",
+)
+@click.option(
+    "--log-payloads",
+    is_flag=True,
+    envvar="ASYNCLLM_LOG_PAYLOADS",
+    help="At DEBUG, also log request and response bodies (prompt text).",
+)
 @click.pass_context
-def cli(ctx: click.Context, log_level: str) -> None:
+def cli(
+    ctx: click.Context, log_level: str, log_format: str, log_payloads: bool
+) -> None:
     """Asynchronous LLM requests on AWS SQS."""
-    ctx.obj = {"log_level": log_level}
-    _configure_logging(log_level)
+    ctx.obj = {
+        "log_level": log_level,
+        "log_format": log_format,
+        "log_payloads": log_payloads,
+    }
+    configure_logging(log_level, log_format)
 
 
 @cli.command()
@@ -171,6 +183,17 @@ def cli(ctx: click.Context, log_level: str) -> None:
     type=click.IntRange(1, 256),
     help="Worker processes, for handlers that use the CPU.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port (0 picks one).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the metrics server binds.",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -180,6 +203,8 @@ def worker(
     wait_time_seconds: int | None,
     retry_backoff_seconds: float,
     processes: int,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run handlers for the requests on the request queue.
 
@@ -192,7 +217,11 @@ def worker(
     if processes > 1:
         from ._supervisor import supervise
 
-        child_args = ["--log-level", ctx.obj["log_level"], "worker", "-A", app_path]
+        child_args = ["--log-level", ctx.obj["log_level"]]
+        child_args += ["--log-format", ctx.obj["log_format"]]
+        if ctx.obj["log_payloads"]:
+            child_args.append("--log-payloads")
+        child_args += ["worker", "-A", app_path]
         child_args += ["--concurrency", str(concurrency)]
         child_args += ["--grace-seconds", str(grace_seconds)]
         child_args += ["--retry-backoff-seconds", str(retry_backoff_seconds)]
@@ -205,8 +234,21 @@ def worker(
         grace_seconds=grace_seconds,
         wait_time_seconds=wait_time_seconds,
         retry_backoff_seconds=retry_backoff_seconds,
+        metrics=_serve_metrics(app, metrics_port, metrics_host),
+        log_payloads=ctx.obj["log_payloads"],
     )
     sys.exit(runner.run())
+
+
+def _serve_metrics(app: AsyncLLM, port: int | None, host: str) -> Metrics | None:
+    if port is None:
+        return None
+    from ._metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics(sorted(app.handlers))
+    bound = metrics.serve(port, host)
+    logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", host, bound)
+    return metrics
 
 
 @cli.group()
