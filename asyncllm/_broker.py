@@ -148,6 +148,28 @@ class Broker(abc.ABC):
             MessageGone: The receipt handle is no longer valid.
         """
 
+    def delete_batch(self, queue_url: str, receipts: Sequence[str]) -> list[str]:
+        """Delete up to 10 received messages; returns the receipts that failed."""
+        failed = []
+        for receipt in receipts:
+            try:
+                self.delete(queue_url, receipt)
+            except TransportError:
+                failed.append(receipt)
+        return failed
+
+    def change_visibility_batch(
+        self, queue_url: str, receipts: Sequence[str], seconds: int
+    ) -> list[str]:
+        """Change the visibility of up to 10 messages; returns the failed receipts."""
+        failed = []
+        for receipt in receipts:
+            try:
+                self.change_visibility(queue_url, receipt, seconds)
+            except TransportError:
+                failed.append(receipt)
+        return failed
+
     @abc.abstractmethod
     def queue_url(self, name_or_url: str) -> str:
         """Resolve a queue name (or URL) to the URL the other calls take.
@@ -314,6 +336,37 @@ class SQSBroker(Broker):
         """Delete a received message."""
         with _translate_errors("DeleteMessage", queue_url):
             self._client.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
+
+    def delete_batch(self, queue_url: str, receipts: Sequence[str]) -> list[str]:
+        """Delete up to 10 messages with one DeleteMessageBatch call.
+
+        Returns:
+            The receipts SQS did not delete.
+        """
+        entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)]
+        with _translate_errors("DeleteMessageBatch", queue_url):
+            reply = self._client.delete_message_batch(
+                QueueUrl=queue_url, Entries=cast(Any, entries)
+            )
+        return [receipts[int(failure["Id"])] for failure in reply.get("Failed", [])]
+
+    def change_visibility_batch(
+        self, queue_url: str, receipts: Sequence[str], seconds: int
+    ) -> list[str]:
+        """Change up to 10 visibilities with one ChangeMessageVisibilityBatch call.
+
+        Returns:
+            The receipts SQS did not change (for example, no longer valid).
+        """
+        entries = [
+            {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds}
+            for i, r in enumerate(receipts)
+        ]
+        with _translate_errors("ChangeMessageVisibilityBatch", queue_url):
+            reply = self._client.change_message_visibility_batch(
+                QueueUrl=queue_url, Entries=cast(Any, entries)
+            )
+        return [receipts[int(failure["Id"])] for failure in reply.get("Failed", [])]
 
     def change_visibility(self, queue_url: str, receipt: str, seconds: int) -> None:
         """Make a received message visible again after ``seconds``."""

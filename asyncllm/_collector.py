@@ -66,7 +66,19 @@ class Collector:
             messages = self.app.broker.receive(self.queue_url, 10, wait)
             if not messages:
                 break
-            stored += sum(self._store(message) for message in messages)
+            stored += self._store_batch(messages)
+        return stored
+
+    def _store_batch(self, messages: list[Received]) -> int:
+        """Store a batch, then delete what was stored with one batch call."""
+        stored = 0
+        settled: list[Received] = []
+        for message in messages:
+            outcome = self._store(message)
+            if outcome is not None:
+                settled.append(message)
+                stored += outcome
+        self._delete(settled)
         return stored
 
     def run(self, install_signal_handlers: bool = True) -> int:
@@ -104,12 +116,18 @@ class Collector:
         """Ask `run` to return after the current receive."""
         self._stop.set()
 
-    def _store(self, message: Received) -> int:
+    def _store(self, message: Received) -> int | None:
+        """Store one response.
+
+        Returns:
+            1 if it became the answer, 0 for a duplicate (both to delete), or
+            None when the message must stay or was dead-lettered.
+        """
         try:
             response = decode_response(message.body)
         except InvalidMessage as exc:
             self._dead_letter(message, exc.reason)
-            return 0
+            return None
         try:
             first = self.app.results.put(response)
         except Exception:
@@ -118,8 +136,7 @@ class Collector:
                 response.request_id,
                 extra={"request_id": response.request_id},
             )
-            return 0
-        self._delete(message)
+            return None
         if not first:
             logger.info(
                 "request %s answered again; the first answer stands",
@@ -131,13 +148,19 @@ class Collector:
             )
         return int(first)
 
-    def _delete(self, message: Received) -> None:
-        try:
-            self.app.broker.delete(message.queue_url, message.receipt)
-        except TransportError as exc:
-            logger.warning(
-                "response message %s not deleted: %s", message.message_id, exc
-            )
+    def _delete(self, messages: list[Received]) -> None:
+        """Delete settled response messages, 10 to a call."""
+        for start in range(0, len(messages), 10):
+            receipts = [message.receipt for message in messages[start : start + 10]]
+            try:
+                failed = self.app.broker.delete_batch(self.queue_url, receipts)
+            except TransportError as exc:
+                failed = receipts
+                logger.warning("response messages not deleted: %s", exc)
+            if failed:
+                # They come back after the visibility timeout and are stored
+                # again harmlessly: the first answer stands.
+                logger.warning("%d response messages not deleted", len(failed))
 
     def _dead_letter(self, message: Received, reason: str) -> None:
         extra = {"request_id": attribute_values(message.attributes).get("RequestID")}
@@ -159,7 +182,7 @@ class Collector:
                 "response message %s not dead-lettered: %s", message.message_id, exc
             )
             return
-        self._delete(message)
+        self._delete([message])
 
     def _dead_letter_queue(self) -> str | None:
         """The response queue's dead-letter queue, from its redrive policy."""
