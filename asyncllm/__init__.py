@@ -48,6 +48,15 @@ from ._results import (
     StoredResult,
 )
 from ._version import __version__
+from ._webhooks import (
+    UnsafeWebhookTarget,
+    WebhookError,
+    WebhookSender,
+    WebhookSettings,
+    WebhookVerificationError,
+    sign_webhook,
+    verify_webhook,
+)
 from ._wire import decode_request, decode_response, encode
 from ._worker import Worker
 
@@ -91,7 +100,12 @@ __all__ = [
     "TerminalError",
     "TransportError",
     "UnknownHandler",
+    "UnsafeWebhookTarget",
     "Usage",
+    "WebhookError",
+    "WebhookSender",
+    "WebhookSettings",
+    "WebhookVerificationError",
     "Worker",
     "__version__",
     "decode_request",
@@ -101,4 +115,6 @@ __all__ = [
     "parse_duration",
     "parse_timestamp",
     "provider_error",
+    "sign_webhook",
+    "verify_webhook",
 ]

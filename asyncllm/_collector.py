@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 from ._broker import QueueNotFound, Received
 from ._errors import InvalidMessage, TransportError
-from ._wire import ATTR_REASON, attribute_values, decode_response
+from ._wire import (
+    ATTR_REASON,
+    ATTR_REQUEST_ID,
+    ATTR_TENANT_ID,
+    attribute_values,
+    decode_response,
+)
 
 if TYPE_CHECKING:
     from ._app import AsyncLLM
@@ -134,7 +140,10 @@ class Collector:
             logger.exception(
                 "response %s could not be stored; it stays on the queue",
                 response.request_id,
-                extra={"request_id": response.request_id},
+                extra={
+                    "request_id": response.request_id,
+                    "tenant_id": response.tenant_id,
+                },
             )
             return None
         if not first:
@@ -163,7 +172,11 @@ class Collector:
                 logger.warning("%d response messages not deleted", len(failed))
 
     def _dead_letter(self, message: Received, reason: str) -> None:
-        extra = {"request_id": attribute_values(message.attributes).get("RequestID")}
+        values = attribute_values(message.attributes)
+        extra = {
+            "request_id": values.get(ATTR_REQUEST_ID),
+            "tenant_id": values.get(ATTR_TENANT_ID),
+        }
         logger.warning(
             "response message %s is not a valid response: %s",
             message.message_id,

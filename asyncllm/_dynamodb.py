@@ -121,11 +121,12 @@ class DynamoDBResultStore(ResultStore):
             "put_item",
             Item=self._item(row),
             ConditionExpression=(
-                "attribute_not_exists(request_id) OR #s = :queued OR "
-                "(#s = :failed AND :new = :completed)"
+                "attribute_not_exists(request_id) OR (tenant_id = :tenant AND "
+                "(#s = :queued OR (#s = :failed AND :new = :completed)))"
             ),
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={
+                ":tenant": {"S": row.tenant_id},
                 ":queued": {"S": Status.QUEUED.value},
                 ":failed": {"S": Status.FAILED.value},
                 ":completed": {"S": Status.COMPLETED.value},

@@ -64,6 +64,7 @@ class PrometheusMetrics(Metrics):
         self._tenants: set[str] = set()
         self._max_tenants = max_tenants
         self._lock = threading.Lock()
+        self._servers: list[tuple[Any, threading.Thread]] = []
         labels = ["handler", "tenant"]
 
         def counter(name: str, text: str, names: list[str] | None = None) -> Any:
@@ -108,8 +109,17 @@ class PrometheusMetrics(Metrics):
         """Serve ``/metrics`` on ``host:port`` in a thread; returns the port."""
         from prometheus_client import start_http_server
 
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._servers.append((server, thread))
         return int(server.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving ``/metrics`` and release the port."""
+        while self._servers:
+            server, thread = self._servers.pop()
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
 
     def _labels(self, handler: str, tenant: str) -> tuple[str, str]:
         with self._lock:

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._broker import Broker, Received
@@ -212,7 +213,7 @@ def cloudwatch_oldest_age(settings: Any) -> Callable[[str], float | None]:
     )
 
     def read(queue_url: str) -> float | None:
-        now = time.time()
+        now = datetime.now(timezone.utc)
         try:
             reply = client.get_metric_statistics(
                 Namespace="AWS/SQS",
@@ -220,7 +221,7 @@ def cloudwatch_oldest_age(settings: Any) -> Callable[[str], float | None]:
                 Dimensions=[
                     {"Name": "QueueName", "Value": queue_url.rsplit("/", 1)[-1]}
                 ],
-                StartTime=now - 600,
+                StartTime=now - timedelta(seconds=600),
                 EndTime=now,
                 Period=60,
                 Statistics=["Maximum"],

@@ -6,8 +6,11 @@ The rule reads the status *and* ``error.code``: a 429 is usually a rate limit
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ._errors import HandlerError, RetryAfter, TerminalError
@@ -55,9 +58,11 @@ def parse_duration(text: str) -> float | None:
     """
     text = text.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
@@ -83,14 +88,25 @@ def provider_error(
         cannot succeed (400, 401, 403, 404, 422, an exhausted quota), and
         `ProviderError` (retried with backoff) for anything else.
     """
-    error = (body or {}).get("error") or {}
-    code = error.get("code") if isinstance(error, Mapping) else None
-    message = str(error.get("message") or f"provider answered {status_code}")
+    body = body or {}
+    error = body.get("error") or {}
+    if not isinstance(error, Mapping):
+        # Some servers send {"error": "text"}, or the fields at the top level.
+        error = {"message": error}
+    code = error.get("code", body.get("code"))
+    message = str(
+        error.get("message")
+        or body.get("message")
+        or f"provider answered {status_code}"
+    )
     code_text = str(code) if code is not None else None
-    if status_code == 429 and code_text not in _NOT_RETRYABLE_CODES:
+    # OpenAI names an exhausted quota in "code" and in "type"; some servers in
+    # only one of them.
+    exhausted = not _NOT_RETRYABLE_CODES.isdisjoint({code_text, error.get("type")})
+    if status_code == 429 and not exhausted:
         delay = _retry_delay(headers or {})
         return RetryAfter(delay, f"provider rate limit ({code_text or status_code})")
-    if status_code in RETRYABLE_STATUSES and code_text not in _NOT_RETRYABLE_CODES:
+    if status_code in RETRYABLE_STATUSES and not exhausted:
         return ProviderError(message, status_code=status_code, code=code_text)
     return TerminalError(message, code=code_text, status_code=status_code)
 
@@ -98,7 +114,10 @@ def provider_error(
 def _retry_delay(headers: Mapping[str, str], default: float = 5.0) -> float:
     """Read the wait from ``retry-after``, else the longest rate-limit reset."""
     lowered = {name.lower(): value for name, value in headers.items()}
-    retry_after = parse_duration(lowered.get("retry-after", ""))
+    retry_after_ms = parse_duration(lowered.get("retry-after-ms", ""))
+    if retry_after_ms is not None:
+        return max(1.0, retry_after_ms / 1000)
+    retry_after = _retry_after_seconds(lowered.get("retry-after", ""))
     if retry_after is not None:
         return max(1.0, retry_after)
     resets = [
@@ -107,3 +126,17 @@ def _retry_delay(headers: Mapping[str, str], default: float = 5.0) -> float:
     ]
     known = [seconds for seconds in resets if seconds is not None]
     return max(1.0, *known) if known else default
+
+
+def _retry_after_seconds(text: str) -> float | None:
+    """Read ``retry-after``: seconds, a duration, or an HTTP date (RFC 9110)."""
+    seconds = parse_duration(text)
+    if seconds is not None or not text.strip():
+        return seconds
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())

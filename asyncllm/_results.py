@@ -88,10 +88,16 @@ class _Row:
     expires_at: float
 
 
-def _replaces(current: Status, new: Status) -> bool:
-    """The first answer wins, but a success replaces a failure (after a redrive)."""
-    return current is Status.QUEUED or (
-        current is Status.FAILED and new is Status.COMPLETED
+def _replaces(current: _Row, new: _Row) -> bool:
+    """The first answer wins, but a success replaces a failure (after a redrive).
+
+    Only an answer of the record's own tenant counts: a response carrying
+    another tenant's id never takes over a request.
+    """
+    if current.tenant_id != new.tenant_id:
+        return False
+    return current.status is Status.QUEUED or (
+        current.status is Status.FAILED and new.status is Status.COMPLETED
     )
 
 
@@ -216,7 +222,7 @@ class MemoryResultStore(ResultStore):
     def _put_answer(self, row: _Row) -> bool:
         with self._lock:
             current = self._rows.get(row.request_id)
-            if current is not None and not _replaces(current.status, row.status):
+            if current is not None and not _replaces(current, row):
                 return False
             self._rows[row.request_id] = row
         return True
@@ -254,15 +260,17 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 # The first answer wins, except that a success replaces a failure (a request
-# redriven from the dead-letter queue and answered again).
+# redriven from the dead-letter queue and answered again); only an answer of
+# the record's own tenant counts.
 _PUT = """
 INSERT INTO results (request_id, tenant_id, status, body, expires_at)
 VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (request_id) DO UPDATE SET
-    tenant_id = excluded.tenant_id, status = excluded.status,
-    body = excluded.body, expires_at = excluded.expires_at
-WHERE results.status = 'queued'
-   OR (results.status = 'failed' AND excluded.status = 'completed')
+    status = excluded.status, body = excluded.body,
+    expires_at = excluded.expires_at
+WHERE results.tenant_id = excluded.tenant_id
+  AND (results.status = 'queued'
+       OR (results.status = 'failed' AND excluded.status = 'completed'))
 """
 
 

@@ -42,6 +42,7 @@ from ._errors import (
 from ._metrics import Metrics
 from ._models import AsyncRequest, AsyncResponse, ChatResponse, ErrorInfo
 from ._queues import QueueSetup, check_queues
+from ._webhooks import WebhookSender
 from ._wire import (
     ATTR_FAILED_ATTEMPTS,
     ATTR_RATE_LIMITS,
@@ -70,6 +71,8 @@ T = TypeVar("T")
 _MAX_VISIBILITY = 43_200
 #: SQS's longest DelaySeconds, and so the longest RetryAfter delay.
 _MAX_DELAY = 900
+#: The pause after an empty receive without long polling (wait time 0).
+_EMPTY_POLL_PAUSE = 0.1
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Worker:
         metrics: Where to count what happens. Defaults to counting nothing.
         log_payloads: Log request and response bodies at DEBUG. Defaults to
             False: prompt text is never logged otherwise.
+        webhooks: Delivers answers to requests' callback URLs. Defaults to a
+            `WebhookSender` configured from the environment.
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class Worker:
         max_rate_limit_retries: int = 20,
         metrics: Metrics | None = None,
         log_payloads: bool = False,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency} must be at least 1")
@@ -144,6 +150,7 @@ class Worker:
         self.max_rate_limit_retries = max_rate_limit_retries
         self.metrics = metrics or Metrics()
         self.log_payloads = log_payloads
+        self.webhooks = webhooks or WebhookSender()
         self.setup: QueueSetup | None = None
         self._in_flight: dict[asyncio.Task[None], _InFlight] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -202,6 +209,7 @@ class Worker:
             self._started.set()
             await self._receive_loop(self.setup)
             await self._shut_down()
+            await self.webhooks.drain(self.grace_seconds)
         finally:
             self._io.shutdown(wait=True)
         logger.info("worker %s stopped", self.app.name)
@@ -248,6 +256,9 @@ class Worker:
                 return
             for message in messages:
                 self._start(message)
+            if not messages and self.wait_time_seconds == 0:
+                # Short polling returns at once: pause, or an idle worker spins.
+                await self._wait_for(self._stopping, timeout=_EMPTY_POLL_PAUSE)
 
     async def _poll(self, queue_url: str, count: int) -> list[Received]:
         try:
@@ -355,7 +366,7 @@ class Worker:
             request = decode_request(message.body, attribute_values(message.attributes))
             handler = self.app.get_handler(request.handler)
         except (InvalidMessage, UnknownHandler) as exc:
-            await self._reject(message, str(exc))
+            await self._reject(message, str(exc), type(exc).__name__)
             return
         state.request = request
         state.handler = handler.name
@@ -481,6 +492,7 @@ class Worker:
                 state, TerminalError(exc.reason, code="response_too_large")
             )
             return
+        self._notify(request, answer)
         await self._call(self.app.ledger.record, request.id)
         await self._delete(state.message)
         self._count(state, "succeeded")
@@ -622,6 +634,20 @@ class Worker:
             attempts=state.attempt,
         )
         await self._publish(answer)
+        self._notify(request, answer)
+
+    def _notify(self, request: AsyncRequest, answer: AsyncResponse) -> None:
+        """Deliver a published answer to the request's callback URL, if it has one.
+
+        The worker sends webhooks, not the collector: it is the one process
+        that holds the request, and so its callback URL, when the answer is
+        made; the collector sees only the response, and may not run at all
+        when callers poll. Delivery runs as a background task, so retries
+        never delay settling the message; `serve` gives unfinished ones the
+        grace period at shutdown.
+        """
+        if request.callback is not None:
+            self.webhooks.schedule(request.callback, answer)
 
     async def _delete(self, message: Received) -> None:
         try:
@@ -648,7 +674,7 @@ class Worker:
                 extra=self._extra(state),
             )
 
-    async def _reject(self, message: Received, reason: str) -> None:
+    async def _reject(self, message: Received, reason: str, kind: str) -> None:
         """Move a message the worker cannot use to the dead-letter queue."""
         request_id, tenant_id = peek_identity(message.body)
         values = attribute_values(message.attributes)
@@ -668,7 +694,7 @@ class Worker:
             and attribute_tenant in (None, tenant_id)
             and attribute_id in (None, request_id)
         ):
-            error = ErrorInfo(type="InvalidMessage", message=reason, retryable=False)
+            error = ErrorInfo(type=kind, message=reason, retryable=False)
             answer = AsyncResponse(
                 request_id=request_id, tenant_id=tenant_id, error=error
             )
@@ -704,12 +730,18 @@ class Worker:
         assert self.setup is not None
         timeout = self.setup.visibility_timeout
         interval = max(0.2, timeout / 2)
-        begun = time.monotonic()
+        # Counted from the receive, not from the handler's start: the timeout
+        # began to run when the message was received.
+        begun = state.started
+        next_beat = begun + interval
         while time.monotonic() - begun < self.max_extension_seconds:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(done.wait(), interval)
+                await asyncio.wait_for(
+                    done.wait(), max(0.0, next_beat - time.monotonic())
+                )
             if done.is_set():
                 return
+            next_beat = time.monotonic() + interval
             try:
                 await self._call(
                     self.app.broker.change_visibility,

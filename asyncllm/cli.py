@@ -852,3 +852,56 @@ def batch_results(
             (good if ok else bad).write(json.dumps(line, ensure_ascii=False) + "\n")
             counts[0 if ok else 1] += 1
     click.echo(f"{counts[0]} answers in {output}, {counts[1]} errors in {errors}")
+
+
+@cli.command()
+@app_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on; 0.0.0.0 listens on every interface.",
+)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--keys",
+    "keys_path",
+    envvar="ASYNCLLM_GATEWAY_KEYS_FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON file of API key digests and their tenants "
+    "[env: ASYNCLLM_GATEWAY_KEYS_FILE; else the JSON in ASYNCLLM_GATEWAY_KEYS].",
+)
+@click.option(
+    "--max-body-bytes",
+    default=1_048_576,
+    show_default=True,
+    type=click.IntRange(1),
+    help="The largest request body accepted; larger ones get 413.",
+)
+def gateway(
+    app_path: str | None,
+    host: str,
+    port: int,
+    keys_path: Path | None,
+    max_body_bytes: int,
+) -> None:
+    """Serve the HTTP gateway: POST /v1/async/chat, GET /v1/async/{id}.
+
+    The collector runs inside it, so lookups see answers as they arrive.
+    Needs the gateway extra: pip install 'asyncllm[gateway]'.
+
+    \b
+    Examples:
+      asyncllm gateway -A myapp:app --keys keys.json
+      asyncllm gateway --port 9000 --keys keys.json   # app from the environment
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
+    try:
+        import uvicorn
+
+        from .gateway import ApiKeys, create_gateway
+    except ImportError as exc:
+        message = f"the gateway needs pip install 'asyncllm[gateway]' ({exc})"
+        raise click.UsageError(message) from None
+    keys = ApiKeys.from_file(keys_path) if keys_path else ApiKeys.from_env()
+    api = create_gateway(load_app(app_path), keys, max_body_bytes=max_body_bytes)
+    uvicorn.run(api, host=host, port=port, log_config=None, server_header=False)

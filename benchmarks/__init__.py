@@ -1,0 +1,1 @@
+"""asyncllm's benchmark suite: ``python -m benchmarks`` (see `benchmarks.run`)."""
