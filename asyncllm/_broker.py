@@ -608,9 +608,16 @@ class MemoryBroker(Broker):
         return attributes
 
     def create_queue(self, name: str, attributes: Mapping[str, str]) -> str:
-        """Create a memory queue, or return the existing one."""
+        """Create a memory queue, or give an existing one these attributes.
+
+        Unlike SQS, an existing memory queue takes the new attributes (and
+        loses its redrive policy until it is set again), so that an app's
+        explicit `create_queues` wins over the defaults of its first use.
+        """
         with self._lock:
-            if name not in self._queues:
+            if name in self._queues:
+                self._queues[name].attributes = dict(attributes)
+            else:
                 self._queues[name] = _MemoryQueue(attributes=dict(attributes))
         return name
 

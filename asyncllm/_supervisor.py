@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 __all__ = ["supervise"]
@@ -30,8 +31,14 @@ _STARTUP_SECONDS = 5.0
 
 
 class _Supervisor:
-    def __init__(self, command: list[str], processes: int) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        processes: int,
+        per_child: Callable[[int], list[str]] | None = None,
+    ) -> None:
         self.command = command
+        self.per_child = per_child or (lambda index: [])
         self.children: list[subprocess.Popen[bytes]] = []
         self.started: list[float] = []
         self.processes = processes
@@ -44,13 +51,14 @@ class _Supervisor:
         for _ in range(self.processes):
             if self.stopping:
                 break
-            self.children.append(self._spawn())
+            self.children.append(self._spawn(len(self.children)))
             self.started.append(time.monotonic())
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         # A session of its own: a terminal's Ctrl-C reaches the parent only,
         # which passes it on once.
-        child = subprocess.Popen(self.command, start_new_session=True)
+        command = self.command + self.per_child(index)
+        child = subprocess.Popen(command, start_new_session=True)
         logger.info("worker process %d started", child.pid, extra={"pid": child.pid})
         return child
 
@@ -99,7 +107,7 @@ class _Supervisor:
             time.sleep(_RESTART_PAUSE)
             if self.stopping:
                 return
-            self.children[index] = self._spawn()
+            self.children[index] = self._spawn(index)
             self.started[index] = time.monotonic()
 
 
@@ -109,15 +117,21 @@ def _exit_status(status: int | None) -> int:
     return 128 - status if status < 0 else status
 
 
-def supervise(command_args: list[str], processes: int) -> int:
+def supervise(
+    command_args: list[str],
+    processes: int,
+    per_child: Callable[[int], list[str]] | None = None,
+) -> int:
     """Run ``processes`` children of ``asyncllm`` and return the exit status.
 
     Args:
         command_args: The arguments of each child's ``asyncllm`` command line.
         processes: How many worker processes to run.
+        per_child: Extra arguments for the child with a given index, such as
+            its own metrics port.
     """
     command = [sys.executable, "-m", "asyncllm", *command_args]
-    supervisor = _Supervisor(command, processes)
+    supervisor = _Supervisor(command, processes, per_child)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     supervisor.start()

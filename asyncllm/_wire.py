@@ -70,6 +70,9 @@ _RESPONSE_GO_NAMES = {
     "CreatedAt": "created_at",
     "Attempts": "attempts",
 }
+# Keys that tell which of the two schemas a body uses.
+_NATIVE_KEYS = frozenset({"id", "tenant_id", "request", "request_id", "response"})
+_GO_KEYS = frozenset({"ID", "TenantID", "Request", "RequestID", "Response"})
 # Go writes "" for an unset string field of a struct without omitempty.
 _GO_EMPTY_IS_UNSET = {"provider", "callback", "handler"}
 
@@ -152,7 +155,7 @@ def decode_request(
         InvalidMessage: The body is not a request; ``reason`` says why.
     """
     data = _load_object(body)
-    fields = _map_schema(data, _REQUEST_GO_NAMES, native_key="tenant_id")
+    fields = _map_schema(data, _REQUEST_GO_NAMES)
     if "id" not in fields:
         raise InvalidMessage("id: Field required (a queued request must carry its id)")
     request = _validate(AsyncRequest, fields)
@@ -167,7 +170,7 @@ def decode_response(body: str | bytes) -> AsyncResponse:
         InvalidMessage: The body is not a response; ``reason`` says why.
     """
     data = _load_object(body)
-    fields = _map_schema(data, _RESPONSE_GO_NAMES, native_key="request_id")
+    fields = _map_schema(data, _RESPONSE_GO_NAMES)
     return _validate(AsyncResponse, fields)
 
 
@@ -178,7 +181,7 @@ def peek_identity(body: str | bytes) -> tuple[str | None, str | None]:
     returns None for anything that cannot be read plainly.
     """
     try:
-        data = _load_object(body)
+        data = _load_object(body, check_unicode=False)
     except InvalidMessage:
         return None, None
     request_id = data.get("id", data.get("ID"))
@@ -189,7 +192,7 @@ def peek_identity(body: str | bytes) -> tuple[str | None, str | None]:
     )
 
 
-def _load_object(body: str | bytes) -> dict[str, Any]:
+def _load_object(body: str | bytes, check_unicode: bool = True) -> dict[str, Any]:
     text = _as_text(body)
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
@@ -200,7 +203,8 @@ def _load_object(body: str | bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise InvalidMessage(f"body is JSON {kind}, expected an object")
-    _reject_lone_surrogates(data, "")
+    if check_unicode:
+        _reject_lone_surrogates(data, "")
     return data
 
 
@@ -217,11 +221,9 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _map_schema(
-    data: dict[str, Any], go_names: Mapping[str, str], native_key: str
-) -> dict[str, Any]:
-    has_native = native_key in data
-    has_go = "TenantID" in data
+def _map_schema(data: dict[str, Any], go_names: Mapping[str, str]) -> dict[str, Any]:
+    has_native = not _NATIVE_KEYS.isdisjoint(data)
+    has_go = not _GO_KEYS.isdisjoint(data)
     if has_native and has_go:
         raise InvalidMessage("ambiguous envelope schema: both snake_case and Go keys")
     if has_native:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import signal
 import threading
@@ -371,7 +372,7 @@ class Worker:
         state.request = request
         state.handler = handler.name
         self._count_received(state)
-        if await self._call(self.app.ledger.answered, request.id):
+        if await self._call(self.app.ledger.answered, _ledger_key(request)):
             await self._delete(message)
             logger.info(
                 "request %s was already answered; duplicate deleted",
@@ -493,11 +494,16 @@ class Worker:
             )
             return
         self._notify(request, answer)
-        await self._call(self.app.ledger.record, request.id)
+        await self._call(self.app.ledger.record, _ledger_key(request))
         await self._delete(state.message)
         self._count(state, "succeeded")
         if self.log_payloads and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("request %s response: %s", request.id, response.to_wire())
+            logger.debug(
+                "request %s response: %s",
+                request.id,
+                response.to_wire(),
+                extra=self._extra(state),
+            )
         logger.info(
             "request %s completed by %s in %.2f s (attempt %d)",
             request.id,
@@ -769,7 +775,7 @@ class Worker:
         return {
             "request_id": request.id if request else None,
             "tenant_id": request.tenant_id if request else None,
-            "handler": request.handler if request else None,
+            "handler": state.handler if request else None,
             "attempt": state.attempt,
             "queue": state.message.queue_url,
         }
@@ -816,6 +822,11 @@ def _as_response(result: Any) -> ChatResponse | BaseException:
     except ValidationError as exc:
         reason = describe_validation_error(exc)
         return InvalidMessage(f"handler returned an invalid ChatResponse: {reason}")
+
+
+def _ledger_key(request: AsyncRequest) -> str:
+    """The ledger's key: tenant and id, so one tenant's id never hides another's."""
+    return json.dumps([request.tenant_id, request.id])
 
 
 def _count(value: str | None) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from ._app import AsyncLLM
 from ._errors import (
@@ -41,6 +42,7 @@ from ._models import AsyncRequest, AsyncResponse
 from ._queues import QueueOptions
 from ._results import Status
 from ._version import __version__
+from ._wire import describe_validation_error
 
 __all__ = [
     "EXIT_EXPIRED",
@@ -186,7 +188,10 @@ def cli(
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    help="Serve Prometheus metrics on this port (0 picks one).",
+    help=(
+        "Serve Prometheus metrics on this port (0 picks one); "
+        "with --processes, child i uses PORT+i."
+    ),
 )
 @click.option(
     "--metrics-host",
@@ -227,7 +232,8 @@ def worker(
         child_args += ["--retry-backoff-seconds", str(retry_backoff_seconds)]
         if wait_time_seconds is not None:
             child_args += ["--wait-time-seconds", str(wait_time_seconds)]
-        sys.exit(supervise(child_args, processes))
+        child_args += ["--metrics-host", metrics_host]
+        sys.exit(supervise(child_args, processes, _metrics_port_of(metrics_port)))
     app = load_app(app_path)
     runner = app.worker(
         concurrency=concurrency,
@@ -238,6 +244,17 @@ def worker(
         log_payloads=ctx.obj["log_payloads"],
     )
     sys.exit(runner.run())
+
+
+def _metrics_port_of(port: int | None) -> Callable[[int], list[str]]:
+    """Child ``i`` of ``--processes`` serves metrics on ``port + i``."""
+
+    def arguments(index: int) -> list[str]:
+        if port is None:
+            return []
+        return ["--metrics-port", str(port + index if port else 0)]
+
+    return arguments
 
 
 def _serve_metrics(app: AsyncLLM, port: int | None, host: str) -> Metrics | None:
@@ -486,17 +503,21 @@ def submit(
     """
     app = load_app(app_path)
     data = _read_json(file)
-    if "request" in data:
-        request = _as_async_request(data, tenant, handler, provider, callback)
-        result = app.send_request(request)
-    else:
-        result = app.submit(
-            data,
-            tenant_id=tenant,
-            handler=handler,
-            provider=provider,
-            callback=callback,
-        )
+    try:
+        if "request" in data:
+            request = _as_async_request(data, tenant, handler, provider, callback)
+            result = app.send_request(request)
+        else:
+            result = app.submit(
+                data,
+                tenant_id=tenant,
+                handler=handler,
+                provider=provider,
+                callback=callback,
+            )
+    except InvalidMessage as exc:
+        # A request that cannot be queued is a bad FILE: exit status 2.
+        raise click.BadParameter(exc.reason, param_hint="FILE") from None
     click.echo(result.id)
     if wait_seconds is not None:
         _print_result(app, result.id, result.tenant_id, wait_seconds, as_json)
@@ -528,8 +549,8 @@ def _as_async_request(
     fields = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return AsyncRequest.model_validate(fields)
-    except ValueError as exc:
-        raise InvalidMessage(str(exc)) from None
+    except ValidationError as exc:
+        raise InvalidMessage(describe_validation_error(exc)) from None
 
 
 @cli.command()

@@ -258,7 +258,9 @@ def test_the_go_gateway_corpus_body_decodes_with_its_attributes() -> None:
     )
     assert json_difference(request.request.to_wire(), raw["Request"]) is None
     contents = " ".join(str(m.content) for m in request.request.messages)
-    assert "<b>" in contents
+    # The body escapes <, > and & the way Go does; decoded, they are plain.
+    assert "\\u003c" in case.text
+    assert "<" in contents
     assert "&" in contents
     assert "\\u003c" not in contents
 
