@@ -24,14 +24,15 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import ValidationError
 
-from ._broker import MessageGone, Received
+from ._batching import Batcher
+from ._broker import MessageGone, Outgoing, Received
 from ._errors import (
     InvalidMessage,
     PayloadTooLarge,
@@ -111,6 +112,8 @@ class Worker:
             in all). Defaults to 43,200.
         max_rate_limit_retries: How often one request may be delayed by
             `RetryAfter` before that counts as a failed attempt. Defaults to 20.
+        batch_delay: How long a response or delete waits for others to share
+            its batch call, in seconds. Defaults to 0.02.
         metrics: Where to count what happens. Defaults to counting nothing.
         log_payloads: Log request and response bodies at DEBUG. Defaults to
             False: prompt text is never logged otherwise.
@@ -130,6 +133,7 @@ class Worker:
         heartbeat: bool = True,
         max_extension_seconds: float = _MAX_VISIBILITY,
         max_rate_limit_retries: int = 20,
+        batch_delay: float = 0.02,
         metrics: Metrics | None = None,
         log_payloads: bool = False,
         webhooks: WebhookSender | None = None,
@@ -149,6 +153,7 @@ class Worker:
         self.heartbeat = heartbeat
         self.max_extension_seconds = max_extension_seconds
         self.max_rate_limit_retries = max_rate_limit_retries
+        self.batch_delay = batch_delay
         self.metrics = metrics or Metrics()
         self.log_payloads = log_payloads
         self.webhooks = webhooks or WebhookSender()
@@ -207,14 +212,51 @@ class Worker:
                 check_queues, self.app.broker, self.app.settings
             )
             self._log_start(self.setup)
+            self._open_batchers()
             self._started.set()
             await self._receive_loop(self.setup)
             await self._shut_down()
+            await self._drain_batchers()
             await self.webhooks.drain(self.grace_seconds)
         finally:
             self._io.shutdown(wait=True)
         logger.info("worker %s stopped", self.app.name)
         return 0
+
+    def _open_batchers(self) -> None:
+        """Batch response sends and request deletes, 10 to an SQS call."""
+        self._responses: Batcher[tuple[str, dict[str, dict[str, str]]]] = Batcher(
+            self._flush_responses, "SendMessageBatch", max_delay=self.batch_delay
+        )
+        self._deletes: Batcher[str] = Batcher(
+            self._flush_deletes, "DeleteMessageBatch", max_delay=self.batch_delay
+        )
+
+    async def _drain_batchers(self) -> None:
+        await self._responses.drain()
+        await self._deletes.drain()
+
+    async def _flush_responses(
+        self, entries: Sequence[tuple[str, dict[str, dict[str, str]]]]
+    ) -> list[int]:
+        assert self.setup is not None
+        batch = [
+            Outgoing(str(index), body, attributes)
+            for index, (body, attributes) in enumerate(entries)
+        ]
+        failed = await self._call(
+            self.app.broker.send_batch, self.setup.response_url, batch
+        )
+        return [int(entry_id) for entry_id in failed]
+
+    async def _flush_deletes(self, receipts: Sequence[str]) -> list[int]:
+        assert self.setup is not None
+        failed = set(
+            await self._call(
+                self.app.broker.delete_batch, self.setup.request_url, list(receipts)
+            )
+        )
+        return [index for index, receipt in enumerate(receipts) if receipt in failed]
 
     def _install_signal_handlers(self) -> None:
         assert self._loop is not None
@@ -625,9 +667,7 @@ class Worker:
         body = encode(response)
         attributes = make_attributes(response.tenant_id, response.request_id)
         check_size(body, attributes, self.setup.max_message_bytes)
-        await self._call(
-            self.app.broker.send, self.setup.response_url, body, attributes
-        )
+        await self._responses.put((body, attributes))
 
     async def _publish_error(self, state: _InFlight, info: ErrorInfo) -> None:
         request = state.request
@@ -657,7 +697,7 @@ class Worker:
 
     async def _delete(self, message: Received) -> None:
         try:
-            await self._call(self.app.broker.delete, message.queue_url, message.receipt)
+            await self._deletes.put(message.receipt)
         except TransportError as exc:
             logger.warning(
                 "message %s could not be deleted: %s", message.message_id, exc

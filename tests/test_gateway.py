@@ -461,7 +461,7 @@ def test_the_documented_curl_examples_work_against_the_gateway_command(
     keys = {"keys": [{"tenant": "acme", "sha256": hash_key(ACME_KEY)}]}
     (tmp_path / "keys.json").write_text(json.dumps(keys), encoding="utf-8")
     port = free_port()
-    documented = curl_commands(PROJECT_ROOT / "docs" / "gateway.md")
+    documented = curl_commands(PROJECT_ROOT / "README.md")
     submit_command, poll_command = documented[:2]
     env = cli_environment(app_settings, ASYNCLLM_KEY=ACME_KEY)
 
@@ -558,7 +558,7 @@ def test_api_keys_load_from_a_file_or_the_environment(tmp_path: Path) -> None:
 
 
 def test_the_documented_key_file_loads() -> None:
-    text = (PROJECT_ROOT / "docs" / "gateway.md").read_text(encoding="utf-8")
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     (block,) = re.findall(r"```json\n(\{\"keys\".*?)```", text, re.DOTALL)
 
     keys = ApiKeys.from_json(block)

@@ -97,7 +97,7 @@ def test_poison_messages_go_to_the_dead_letter_queue_with_a_reason(
         (valid_body + ' {"more": 1}', {}, "Extra data", None),
         (json.dumps(kombu_like), {}, "unknown envelope schema", None),
         (base64.b64encode(valid_body.encode()).decode(), {}, "not JSON", None),
-        (json.dumps(missing_tenant), {}, "schema", None),
+        (json.dumps(missing_tenant), {}, "tenant_id: Field required", None),
         (
             encode(unknown_handler),
             make_attributes(unknown_handler.tenant_id, unknown_handler.id),
