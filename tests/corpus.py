@@ -150,13 +150,32 @@ def valid_requests(max_bytes: int = SQS_LIMIT - 4096) -> list[Any]:
     ]
 
 
+@dataclass(frozen=True)
+class BuiltCase:
+    """A case made by code rather than read from a file."""
+
+    name: str
+    data: Any
+
+    @property
+    def id(self) -> str:
+        """A short test id: ``built:`` and the case's name."""
+        return f"built:{self.name}"
+
+
 def oversized_requests() -> list[Any]:
-    """Valid requests too large for any SQS queue, as pytest params."""
-    return [
+    """Valid requests too large for any SQS queue, as pytest params.
+
+    One is always built (a long-context request just over 1.1 MiB), so the
+    list is never empty when only ``tests/data`` is present.
+    """
+    built = BuiltCase("long-context-1150kb", long_context_request(1_150_000)[0])
+    on_disk = [
         pytest.param(case, id=case.id)
         for case in cases("requests")
         if not _is_invalid(case) and compact_size(case.data) > SQS_LIMIT
     ]
+    return [pytest.param(built, id=built.id), *on_disk]
 
 
 def invalid_requests() -> list[Any]:

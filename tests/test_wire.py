@@ -23,6 +23,7 @@ from asyncllm._wire import attribute_values
 from .conftest import CHAT, test_queue_options
 from .corpus import (
     SQS_LIMIT,
+    BuiltCase,
     Case,
     completions,
     foreign_attributes,
@@ -156,7 +157,7 @@ def test_a_request_over_one_mebibyte_is_refused_at_submit_naming_its_size(
 
 @pytest.mark.parametrize("case", oversized_requests())
 def test_an_oversized_corpus_request_is_refused_at_submit(
-    case: Case, make_app: Any, sqs_client: Any
+    case: Case | BuiltCase, make_app: Any, sqs_client: Any
 ) -> None:
     app = make_app()
     url = app.broker.queue_url(app.settings.request_queue)
