@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from ._errors import TransportError
@@ -24,19 +24,22 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Sends one batch; returns the indexes of the entries that failed.
-FlushFunc = Callable[[Sequence[T]], Awaitable[Sequence[int]]]
+#: Sends one batch; returns the failed entries' indexes, each with its error.
+FlushFunc = Callable[[Sequence[T]], Awaitable[Mapping[int, Exception]]]
 
 
 class Batcher(Generic[T]):
     """Gathers entries into batch calls; see the module documentation.
 
     Args:
-        flush: Sends a batch and returns the indexes of failed entries.
+        flush: Sends a batch and returns the failed entries' indexes, each
+            mapped to its error.
         name: What the batches are, for logs.
         max_size: Entries per call. Defaults to 10 (SQS's limit).
         max_delay: Seconds the first entry waits for company. Defaults to 0.02.
         retries: Extra tries for a failed entry. Defaults to 2.
+        final: Error types that no retry can cure (an expired receipt handle,
+            say); an entry failing with one is failed at once.
     """
 
     def __init__(
@@ -46,12 +49,14 @@ class Batcher(Generic[T]):
         max_size: int = 10,
         max_delay: float = 0.02,
         retries: int = 2,
+        final: tuple[type[Exception], ...] = (),
     ) -> None:
         self._flush = flush
         self.name = name
         self.max_size = max_size
         self.max_delay = max_delay
         self.retries = retries
+        self.final = final
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -84,25 +89,43 @@ class Batcher(Generic[T]):
 
     async def _send(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
         for attempt in range(self.retries + 1):
-            try:
-                failed = set(await self._flush([entry for entry, _ in batch]))
-            except TransportError as exc:
-                failed = set(range(len(batch)))
-                error: Exception = exc
-            else:
-                error = TransportError(f"{self.name}: SQS refused the entry")
-            for index, (_, future) in enumerate(batch):
-                if index not in failed and not future.done():
-                    future.set_result(None)
+            failed = await self._try(batch)
             batch = [item for index, item in enumerate(batch) if index in failed]
+            errors = [failed[index] for index in sorted(failed)]
             if not batch:
                 return
             if attempt < self.retries:
                 await asyncio.sleep(0.05 * 2**attempt)
         logger.warning("%s: %d entries failed after retries", self.name, len(batch))
-        for _, future in batch:
+        for (_, future), error in zip(batch, errors, strict=True):
             if not future.done():
                 future.set_exception(error)
+
+    async def _try(
+        self, batch: list[tuple[T, asyncio.Future[None]]]
+    ) -> dict[int, Exception]:
+        """Send a batch once; settle what succeeded or failed for good.
+
+        Returns:
+            The entries to try again, by index, each with its last error.
+        """
+        try:
+            failed = dict(await self._flush([entry for entry, _ in batch]))
+        except TransportError as exc:
+            failed = dict.fromkeys(range(len(batch)), exc)
+
+        retry = {}
+        for index, (_, future) in enumerate(batch):
+            error = failed.get(index)
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            elif isinstance(error, self.final):
+                future.set_exception(error)
+            else:
+                retry[index] = error
+        return retry
 
     async def drain(self) -> None:
         """Send whatever is pending and wait for every batch in flight."""

@@ -160,14 +160,19 @@ class Broker(abc.ABC):
 
     def change_visibility_batch(
         self, queue_url: str, receipts: Sequence[str], seconds: int
-    ) -> list[str]:
-        """Change the visibility of up to 10 messages; returns the failed receipts."""
-        failed = []
+    ) -> dict[str, TransportError]:
+        """Change the visibility of up to 10 messages.
+
+        Returns:
+            The receipts that were not changed, each with its error:
+            `MessageGone` when the receipt handle is no longer valid.
+        """
+        failed: dict[str, TransportError] = {}
         for receipt in receipts:
             try:
                 self.change_visibility(queue_url, receipt, seconds)
-            except TransportError:
-                failed.append(receipt)
+            except TransportError as exc:
+                failed[receipt] = exc
         return failed
 
     @abc.abstractmethod
@@ -227,6 +232,19 @@ def _translate_errors(action: str, queue_url: str) -> Iterator[None]:
         raise TransportError(text) from exc
     except BotoCoreError as exc:
         raise TransportError(f"{action} on {queue_url} failed: {exc}") from exc
+
+
+#: Batch-entry error codes that mean the receipt handle is no longer valid.
+_GONE_CODES = ("ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue")
+
+
+def _entry_error(action: str, queue_url: str, failure: Any) -> TransportError:
+    """Turn one ``Failed`` entry of a batch reply into an error."""
+    code = str(failure.get("Code", ""))
+    text = f"{action} on {queue_url}: entry failed: {code}: {failure.get('Message')}"
+    if any(gone in code for gone in _GONE_CODES):
+        return MessageGone(text)
+    return TransportError(text)
 
 
 class SQSBroker(Broker):
@@ -352,11 +370,12 @@ class SQSBroker(Broker):
 
     def change_visibility_batch(
         self, queue_url: str, receipts: Sequence[str], seconds: int
-    ) -> list[str]:
+    ) -> dict[str, TransportError]:
         """Change up to 10 visibilities with one ChangeMessageVisibilityBatch call.
 
         Returns:
-            The receipts SQS did not change (for example, no longer valid).
+            The receipts SQS did not change, each with its error: `MessageGone`
+            when the receipt handle is no longer valid.
         """
         entries = [
             {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds}
@@ -366,7 +385,12 @@ class SQSBroker(Broker):
             reply = self._client.change_message_visibility_batch(
                 QueueUrl=queue_url, Entries=cast(Any, entries)
             )
-        return [receipts[int(failure["Id"])] for failure in reply.get("Failed", [])]
+        return {
+            receipts[int(failure["Id"])]: _entry_error(
+                "ChangeMessageVisibilityBatch", queue_url, failure
+            )
+            for failure in reply.get("Failed", [])
+        }
 
     def change_visibility(self, queue_url: str, receipt: str, seconds: int) -> None:
         """Make a received message visible again after ``seconds``."""

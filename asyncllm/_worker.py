@@ -224,21 +224,28 @@ class Worker:
         return 0
 
     def _open_batchers(self) -> None:
-        """Batch response sends and request deletes, 10 to an SQS call."""
+        """Batch response sends, deletes and visibility changes, 10 to a call."""
         self._responses: Batcher[tuple[str, dict[str, dict[str, str]]]] = Batcher(
             self._flush_responses, "SendMessageBatch", max_delay=self.batch_delay
         )
         self._deletes: Batcher[str] = Batcher(
             self._flush_deletes, "DeleteMessageBatch", max_delay=self.batch_delay
         )
+        self._visibility: Batcher[tuple[str, str, int]] = Batcher(
+            self._flush_visibility,
+            "ChangeMessageVisibilityBatch",
+            max_delay=self.batch_delay,
+            final=(MessageGone,),
+        )
 
     async def _drain_batchers(self) -> None:
         await self._responses.drain()
         await self._deletes.drain()
+        await self._visibility.drain()
 
     async def _flush_responses(
         self, entries: Sequence[tuple[str, dict[str, dict[str, str]]]]
-    ) -> list[int]:
+    ) -> dict[int, Exception]:
         assert self.setup is not None
         batch = [
             Outgoing(str(index), body, attributes)
@@ -247,16 +254,39 @@ class Worker:
         failed = await self._call(
             self.app.broker.send_batch, self.setup.response_url, batch
         )
-        return [int(entry_id) for entry_id in failed]
+        refused = TransportError("SendMessageBatch: SQS refused the entry")
+        return {int(entry_id): refused for entry_id in failed}
 
-    async def _flush_deletes(self, receipts: Sequence[str]) -> list[int]:
+    async def _flush_deletes(self, receipts: Sequence[str]) -> dict[int, Exception]:
         assert self.setup is not None
         failed = set(
             await self._call(
                 self.app.broker.delete_batch, self.setup.request_url, list(receipts)
             )
         )
-        return [index for index, receipt in enumerate(receipts) if receipt in failed]
+        refused = TransportError("DeleteMessageBatch: SQS refused the entry")
+        return {i: refused for i, receipt in enumerate(receipts) if receipt in failed}
+
+    async def _flush_visibility(
+        self, entries: Sequence[tuple[str, str, int]]
+    ) -> dict[int, Exception]:
+        """Send visibility changes, one batch call per queue and timeout."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index, (queue_url, _, seconds) in enumerate(entries):
+            groups.setdefault((queue_url, seconds), []).append(index)
+
+        failed: dict[int, Exception] = {}
+        for (queue_url, seconds), indexes in groups.items():
+            receipts = [entries[index][1] for index in indexes]
+            errors = await self._call(
+                self.app.broker.change_visibility_batch, queue_url, receipts, seconds
+            )
+            failed.update(
+                (index, errors[receipt])
+                for index, receipt in zip(indexes, receipts, strict=True)
+                if receipt in errors
+            )
+        return failed
 
     def _install_signal_handlers(self) -> None:
         assert self._loop is not None
@@ -397,9 +427,7 @@ class Worker:
     async def _release(self, message: Received) -> None:
         """Make a message visible again at once, for another worker."""
         with contextlib.suppress(TransportError):
-            await self._call(
-                self.app.broker.change_visibility, message.queue_url, message.receipt, 0
-            )
+            await self._visibility.put((message.queue_url, message.receipt, 0))
 
     # -- one message ----------------------------------------------------------
 
@@ -706,12 +734,7 @@ class Worker:
     async def _change_visibility(self, state: _InFlight, seconds: int) -> None:
         message = state.message
         try:
-            await self._call(
-                self.app.broker.change_visibility,
-                message.queue_url,
-                message.receipt,
-                seconds,
-            )
+            await self._visibility.put((message.queue_url, message.receipt, seconds))
         except TransportError as exc:
             logger.warning(
                 "message %s: visibility change failed: %s",
@@ -788,12 +811,10 @@ class Worker:
             if done.is_set():
                 return
             next_beat = time.monotonic() + interval
+            message = state.message
             try:
-                await self._call(
-                    self.app.broker.change_visibility,
-                    state.message.queue_url,
-                    state.message.receipt,
-                    timeout,
+                await self._visibility.put(
+                    (message.queue_url, message.receipt, timeout)
                 )
                 self.metrics.heartbeat()
             except MessageGone:

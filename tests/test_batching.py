@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
@@ -10,8 +11,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from asyncllm import AsyncLLM, AsyncRequest, ChatResponse, MemoryBroker
-from asyncllm._broker import Outgoing
+from asyncllm._batching import Batcher
+from asyncllm._broker import MessageGone, Outgoing, SQSBroker
+from asyncllm._errors import TransportError
 
 from .conftest import CHAT, running_worker, test_queue_options
 
@@ -143,3 +148,106 @@ def test_a_lone_request_is_answered_without_waiting_for_a_batch_to_fill(
     # One receive (long poll of 1 s at most), one handler call, one batch of
     # one: far below the 30 s a batch that waited to fill would take.
     assert elapsed < 5
+
+
+class RecordingSQSBroker(SQSBroker):
+    """The real SQS broker, noting how many visibility changes each call carries."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.batch_sizes: list[int] = []
+        self.single_calls = 0
+
+    def change_visibility(self, queue_url: str, receipt: str, seconds: int) -> None:
+        with self.lock:
+            self.single_calls += 1
+        super().change_visibility(queue_url, receipt, seconds)
+
+    def change_visibility_batch(
+        self, queue_url: str, receipts: Sequence[str], seconds: int
+    ) -> dict[str, TransportError]:
+        with self.lock:
+            self.batch_sizes.append(len(receipts))
+        return super().change_visibility_batch(queue_url, receipts, seconds)
+
+
+def test_heartbeats_of_requests_received_together_share_batch_calls(
+    make_app: Any,
+) -> None:
+    app = make_app()
+    broker = RecordingSQSBroker(app.settings)
+    app._broker = broker
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    @app.handler
+    async def slow(request: AsyncRequest) -> ChatResponse:
+        with lock:
+            calls[request.id] += 1
+        # Two and a half visibility timeouts of 2 s: needs several heartbeats.
+        await asyncio.sleep(5)
+        return ChatResponse.from_text("ok", model="slow")
+
+    handles = app.submit_many([CHAT] * 10, tenant_id="acme")
+    with running_worker(app, concurrency=10, batch_delay=0.05):
+        answers = [handle.get(timeout=60) for handle in handles]
+
+    assert [answer.content for answer in answers] == ["ok"] * 10
+    assert calls == Counter({handle.id: 1 for handle in handles})
+    assert broker.single_calls == 0
+    assert sum(broker.batch_sizes) >= 20  # at least two beats per request
+    assert max(broker.batch_sizes) > 1
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_an_entry_that_fails_for_good_is_failed_at_once_and_the_rest_land() -> None:
+    tries: list[list[str]] = []
+    gone = MessageGone("receipt handle expired")
+
+    async def flush(entries: Sequence[str]) -> dict[int, Exception]:
+        tries.append(list(entries))
+        return {i: gone for i, entry in enumerate(entries) if entry == "expired"}
+
+    async def scenario() -> list[Any]:
+        batcher: Batcher[str] = Batcher(flush, "test", final=(MessageGone,))
+        puts = [batcher.put(entry) for entry in ("a", "expired", "b")]
+        return await asyncio.gather(*puts, return_exceptions=True)
+
+    outcomes = run(scenario())
+
+    assert outcomes == [None, gone, None]
+    assert tries == [["a", "expired", "b"]]
+
+
+def test_an_entry_that_fails_for_a_while_is_retried_alone_until_it_lands() -> None:
+    tries: list[list[str]] = []
+
+    async def flush(entries: Sequence[str]) -> dict[int, Exception]:
+        tries.append(list(entries))
+        if len(tries) < 3:
+            return {entries.index("flaky"): TransportError("throttled")}
+        return {}
+
+    async def scenario() -> None:
+        batcher: Batcher[str] = Batcher(flush, "test", max_delay=0.01)
+        await asyncio.gather(batcher.put("a"), batcher.put("flaky"))
+
+    run(scenario())
+
+    assert tries == [["a", "flaky"], ["flaky"], ["flaky"]]
+
+
+def test_an_entry_that_keeps_failing_raises_its_last_error_in_its_caller() -> None:
+    async def flush(entries: Sequence[str]) -> dict[int, Exception]:
+        return {0: TransportError(f"refused {entries[0]}")}
+
+    async def scenario() -> None:
+        batcher: Batcher[str] = Batcher(flush, "test", retries=1, max_delay=0.01)
+        await batcher.put("doomed")
+
+    with pytest.raises(TransportError, match="refused doomed"):
+        run(scenario())
