@@ -69,6 +69,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: The most ``ReceiveMessage`` calls one worker keeps in flight by default.
+_MAX_RECEIVERS = 10
+
 #: SQS's longest visibility timeout, and so the longest heartbeat extension.
 _MAX_VISIBILITY = 43_200
 #: SQS's longest DelaySeconds, and so the longest RetryAfter delay.
@@ -114,6 +117,10 @@ class Worker:
             `RetryAfter` before that counts as a failed attempt. Defaults to 20.
         batch_delay: How long a response or delete waits for others to share
             its batch call, in seconds. Defaults to 0.02.
+        receivers: Most ``ReceiveMessage`` calls in flight at once. One
+            always polls; the others join only while receives return
+            messages, so an idle worker makes one long poll at a time.
+            Defaults to one per 10 slots of ``concurrency``, at most 10.
         metrics: Where to count what happens. Defaults to counting nothing.
         log_payloads: Log request and response bodies at DEBUG. Defaults to
             False: prompt text is never logged otherwise.
@@ -134,12 +141,15 @@ class Worker:
         max_extension_seconds: float = _MAX_VISIBILITY,
         max_rate_limit_retries: int = 20,
         batch_delay: float = 0.02,
+        receivers: int | None = None,
         metrics: Metrics | None = None,
         log_payloads: bool = False,
         webhooks: WebhookSender | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency} must be at least 1")
+        if receivers is not None and receivers < 1:
+            raise ValueError(f"receivers={receivers} must be at least 1")
         self.app = app
         self.concurrency = concurrency
         self.grace_seconds = grace_seconds
@@ -154,15 +164,19 @@ class Worker:
         self.max_extension_seconds = max_extension_seconds
         self.max_rate_limit_retries = max_rate_limit_retries
         self.batch_delay = batch_delay
+        self.receivers = receivers or min(_MAX_RECEIVERS, -(-concurrency // 10))
         self.metrics = metrics or Metrics()
         self.log_payloads = log_payloads
         self.webhooks = webhooks or WebhookSender()
         self.setup: QueueSetup | None = None
         self._in_flight: dict[asyncio.Task[None], _InFlight] = {}
+        self._by_message_id: dict[str, _InFlight] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._hurry: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
+        self._backlog: asyncio.Event | None = None
+        self._reserved = 0
         self._started = threading.Event()
         self._io: ThreadPoolExecutor | None = None
 
@@ -204,6 +218,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._backlog = asyncio.Event()
         self._io = ThreadPoolExecutor(min(64, self.concurrency + 8), "asyncllm-io")
         if install_signal_handlers:
             self._install_signal_handlers()
@@ -315,20 +330,45 @@ class Worker:
     # -- receiving ------------------------------------------------------------
 
     async def _receive_loop(self, setup: QueueSetup) -> None:
+        receivers = [self._receiver(setup, index) for index in range(self.receivers)]
+        await asyncio.gather(*receivers)
+
+    async def _receiver(self, setup: QueueSetup, index: int) -> None:
+        """Receive into free slots until the worker stops.
+
+        Receiver 0 always polls; the others only while there is a backlog
+        (the last receive returned messages). Slots are reserved before each
+        receive, so receivers together never take more than the free slots.
+        """
         assert self._stopping is not None
         assert self._slot_freed is not None
+        assert self._backlog is not None
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._in_flight)
-            if free <= 0:
-                await self._wait_for(self._slot_freed)
-                self._slot_freed.clear()
+            if index > 0 and not self._backlog.is_set():
+                await self._wait_for(self._backlog)
                 continue
-            messages = await self._poll(setup.request_url, min(10, free))
+            free = self.concurrency - len(self._in_flight) - self._reserved
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait_for(self._slot_freed)
+                continue
+
+            wanted = min(10, free)
+            self._reserved += wanted
+            try:
+                messages = await self._poll(setup.request_url, wanted)
+            finally:
+                self._reserved -= wanted
             if self._stopping.is_set():
                 await self._release_all(messages)
                 return
+
             for message in messages:
                 self._start(message)
+            if messages:
+                self._backlog.set()
+            else:
+                self._backlog.clear()
             if not messages and self.wait_time_seconds == 0:
                 # Short polling returns at once: pause, or an idle worker spins.
                 await self._wait_for(self._stopping, timeout=_EMPTY_POLL_PAUSE)
@@ -361,6 +401,11 @@ class Worker:
             waiter.cancel()
 
     def _start(self, message: Received) -> None:
+        running = self._by_message_id.get(message.message_id)
+        if running is not None:
+            self._adopt(running, message)
+            return
+
         values = attribute_values(message.attributes)
         state = _InFlight(
             message,
@@ -369,11 +414,29 @@ class Worker:
         )
         task = asyncio.ensure_future(self._process(state))
         self._in_flight[task] = state
+        self._by_message_id[message.message_id] = state
         self.metrics.in_flight(len(self._in_flight))
         task.add_done_callback(self._finished)
 
+    def _adopt(self, state: _InFlight, message: Received) -> None:
+        """Take a second delivery of a message that is running here.
+
+        SQS delivers at least once, and a message can come back while its
+        first delivery still runs. Running it twice would answer twice; the
+        running call keeps going and settles with the newest receipt handle,
+        the only one SQS is sure to honour.
+        """
+        state.message = message
+        logger.info(
+            "message %s received again while running; not starting it twice",
+            message.message_id,
+            extra=self._extra(state),
+        )
+
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        state = self._in_flight.pop(task, None)
+        if state is not None:
+            self._by_message_id.pop(state.message.message_id, None)
         self.metrics.in_flight(len(self._in_flight))
         assert self._slot_freed is not None
         self._slot_freed.set()

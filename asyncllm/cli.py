@@ -178,6 +178,14 @@ def cli(
     help="Delay before the second attempt; doubles after that.",
 )
 @click.option(
+    "--receivers",
+    type=click.IntRange(1, 50),
+    help=(
+        "Most ReceiveMessage calls in flight; extra ones poll only while "
+        "there is a backlog [default: one per 10 of --concurrency, at most 10]."
+    ),
+)
+@click.option(
     "-p",
     "--processes",
     default=1,
@@ -207,6 +215,7 @@ def worker(
     grace_seconds: float,
     wait_time_seconds: int | None,
     retry_backoff_seconds: float,
+    receivers: int | None,
     processes: int,
     metrics_port: int | None,
     metrics_host: str,
@@ -232,6 +241,8 @@ def worker(
         child_args += ["--retry-backoff-seconds", str(retry_backoff_seconds)]
         if wait_time_seconds is not None:
             child_args += ["--wait-time-seconds", str(wait_time_seconds)]
+        if receivers is not None:
+            child_args += ["--receivers", str(receivers)]
         child_args += ["--metrics-host", metrics_host]
         sys.exit(supervise(child_args, processes, _metrics_port_of(metrics_port)))
     app = load_app(app_path)
@@ -240,6 +251,7 @@ def worker(
         grace_seconds=grace_seconds,
         wait_time_seconds=wait_time_seconds,
         retry_backoff_seconds=retry_backoff_seconds,
+        receivers=receivers,
         metrics=_serve_metrics(app, metrics_port, metrics_host),
         log_payloads=ctx.obj["log_payloads"],
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -19,6 +20,7 @@ from asyncllm import (
     TerminalError,
     encode,
 )
+from asyncllm._broker import Received, SQSBroker
 from asyncllm._wire import ATTR_REASON
 
 from .conftest import CHAT, running_worker
@@ -519,3 +521,111 @@ def test_a_response_too_large_for_the_queue_is_answered_with_an_error(
     with pytest.raises(RequestFailed) as failed:
         handle.get(timeout=1)
     assert failed.value.response.error.code == "response_too_large"
+
+
+# -- receiving ----------------------------------------------------------------------
+
+
+class CountingReceives(SQSBroker):
+    """The real SQS broker, noting how many request-queue receives run at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+        self.calls = 0
+
+    def receive(self, queue_url: str, *args: Any, **kwargs: Any) -> list[Received]:
+        if not queue_url.endswith("-requests"):
+            return super().receive(queue_url, *args, **kwargs)
+        with self.lock:
+            self.running += 1
+            self.calls += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().receive(queue_url, *args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_backlog_is_received_by_several_receives_at_once_within_the_slots(
+    make_app: Any,
+) -> None:
+    app = make_app()
+    broker = CountingReceives(app.settings)
+    app._broker = broker
+    calls = Calls()
+    running = Counter[str]()
+    lock = threading.Lock()
+
+    @app.handler
+    async def slow(request: AsyncRequest) -> ChatResponse:
+        calls.add(request)
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        await asyncio.sleep(0.5)
+        with lock:
+            running["now"] -= 1
+        return reply(request)
+
+    handles = app.submit_many([CHAT] * 60, tenant_id="acme")
+    with running_worker(app, concurrency=30, receivers=3):
+        answers = [handle.get(timeout=60) for handle in handles]
+
+    assert len(answers) == 60
+    assert calls.counts == Counter({handle.id: 1 for handle in handles})
+    assert 2 <= broker.most_at_once <= 3
+    assert running["most"] <= 30
+
+
+def test_an_idle_worker_keeps_one_receive_in_flight(make_app: Any) -> None:
+    app = make_app()
+    broker = CountingReceives(app.settings)
+    app._broker = broker
+
+    @app.handler
+    def echo(request: AsyncRequest) -> ChatResponse:
+        return reply(request)
+
+    with running_worker(app, concurrency=50, receivers=5, wait_time_seconds=1):
+        time.sleep(3.5)
+
+    assert broker.calls >= 2
+    assert broker.most_at_once == 1
+
+
+def test_receivers_below_one_are_refused_naming_the_value(make_app: Any) -> None:
+    with pytest.raises(ValueError, match="receivers=0 must be at least 1"):
+        make_app().worker(receivers=0)
+
+
+def test_a_message_delivered_again_while_it_runs_is_not_run_twice(
+    make_app: Any, sqs_client: Any, caplog: Any
+) -> None:
+    caplog.set_level("INFO", logger="asyncllm._worker")
+    app = make_app()
+    request_url, response_url, dead_letter_url = urls(app)
+    calls = Calls()
+
+    @app.handler
+    async def slow(request: AsyncRequest) -> ChatResponse:
+        calls.add(request)
+        # 1.5 visibility timeouts of 2 s: without a heartbeat, SQS hands the
+        # message out again half way through.
+        await asyncio.sleep(3)
+        return reply(request)
+
+    handle = app.submit(CHAT, tenant_id="acme")
+    with running_worker(app, heartbeat=False, wait_time_seconds=0):
+        answer = handle.get(timeout=30)
+        time.sleep(2.5)  # past the next visibility timeout: nothing comes back
+
+    assert answer.content == CHAT["messages"][0]["content"]
+    assert calls.counts == Counter({handle.id: 1})
+    assert "received again while running" in caplog.text
+    assert depth(sqs_client, request_url) == 0
+    assert depth(sqs_client, dead_letter_url) == 0
+    assert responses_for(sqs_client, response_url, handle.id) == []  # collected

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def test_five_hundred_one_second_calls_run_concurrently_in_one_worker(
     record_property("five_hundred_calls_seconds", round(elapsed, 1))
     print(f"\n500 one-second calls answered in {elapsed:.1f} s, peak {running[1]}")
     responses = reader.responses()
-    assert all(len(responses[r.id]) == 1 for r in requests)
+    assert Counter(len(responses[r.id]) for r in requests) == {1: 500}
     assert all(responses[r.id][0].ok for r in requests)
     # One at a time would take 500 s; moto's server, which needs about 0.5 s per
     # receive at this depth, is the bottleneck here, not the worker.
