@@ -217,6 +217,27 @@ def make_broker(settings: Settings, max_connections: int = 50) -> Broker:
 
 
 @contextlib.contextmanager
+def _connect_errors(settings: Settings) -> Iterator[None]:
+    """Turn a failure to open the SQS channel into one clear `TransportError`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from kombu.exceptions import OperationalError
+
+    try:
+        yield
+    except (OperationalError, BotoCoreError, ClientError) as exc:
+        where = settings.endpoint_url or f"AWS SQS in {settings.region}"
+        setting = (
+            "ASYNCLLM_SQS_ENDPOINT_URL"
+            if settings.endpoint_url
+            else "AWS_REGION and the AWS credentials"
+        )
+        raise TransportError(
+            f"cannot open SQS at {where}: {exc}; check {setting}, and that the "
+            "endpoint is running and reachable"
+        ) from exc
+
+
+@contextlib.contextmanager
 def _translate_errors(action: str, queue_url: str) -> Iterator[None]:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -263,7 +284,7 @@ class SQSBroker(Broker):
             settings.kombu_url(),
             transport_options=self._transport_options(settings, max_connections),
         )
-        with _translate_errors("connect", settings.kombu_url().split("@")[-1]):
+        with _connect_errors(settings):
             self._client: SQSClient = self._connection.default_channel.sqs()
         self._urls: dict[str, str] = {}
 

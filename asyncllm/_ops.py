@@ -172,9 +172,11 @@ def dead_letters(
 
 
 def release(broker: Broker, letters: list[DeadLetter]) -> None:
-    """Make listed dead letters visible again."""
-    for letter in letters:
-        broker.change_visibility(letter.message.queue_url, letter.message.receipt, 0)
+    """Make listed dead letters visible again, 10 to a call."""
+    for start in range(0, len(letters), 10):
+        batch = letters[start : start + 10]
+        receipts = [letter.message.receipt for letter in batch]
+        broker.change_visibility_batch(batch[0].message.queue_url, receipts, 0)
 
 
 def redrive(broker: Broker, request_url: str, letter: DeadLetter) -> None:

@@ -89,9 +89,13 @@ def encode(message: AsyncRequest | AsyncResponse) -> str:
         Compact JSON text that SQS accepts as a message body.
 
     Raises:
-        InvalidMessage: A string holds a lone surrogate, which is not Unicode.
+        InvalidMessage: A string holds a lone surrogate, which is not Unicode,
+            or objects and arrays nest deeper than `MAX_NESTING`.
     """
     body = message.to_wire()
+    depth = nesting_depth(body)
+    if depth > MAX_NESTING:
+        raise InvalidMessage(_too_deep(depth))
     _reject_lone_surrogates(body, "")
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     return _SQS_ILLEGAL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
@@ -200,12 +204,51 @@ def _load_object(body: str | bytes, check_unicode: bool = True) -> dict[str, Any
         raise InvalidMessage(f"body is not JSON: {exc}") from None
     except ValueError as exc:
         raise InvalidMessage(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidMessage(_too_deep(None)) from None
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise InvalidMessage(f"body is JSON {kind}, expected an object")
+    depth = nesting_depth(data)
+    if depth > MAX_NESTING:
+        raise InvalidMessage(_too_deep(depth))
     if check_unicode:
         _reject_lone_surrogates(data, "")
     return data
+
+
+#: The deepest nesting of objects and arrays a body may have. Real requests,
+#: tool schemas included, stay far below it; deeper bodies would exhaust
+#: Python's recursion limit in validation and encoding.
+MAX_NESTING = 100
+
+
+def nesting_depth(value: Any) -> int:
+    """Return how deeply objects and arrays nest in a JSON value (a scalar is 0).
+
+    Iterative, so that it works at any depth.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(depth: int | None) -> str:
+    measured = f"{depth} levels deep" if depth is not None else "too deeply to parse"
+    return (
+        f"body nests objects and arrays {measured}; at most {MAX_NESTING} "
+        "are accepted: flatten the request"
+    )
 
 
 def _as_text(body: str | bytes) -> str:

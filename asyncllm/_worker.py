@@ -210,6 +210,14 @@ class Worker:
                 "worker %s: second stop signal, releasing running calls", self.app.name
             )
             self._hurry.set()
+        elif not self._stopping.is_set():
+            logger.info(
+                "worker %s stopping: receiving no more; the current receive ends "
+                "within %d s and running calls get %g s",
+                self.app.name,
+                self.wait_time_seconds,
+                self.grace_seconds,
+            )
         self._stopping.set()
 
     async def serve(self, install_signal_handlers: bool = False) -> int:
@@ -484,8 +492,36 @@ class Worker:
         hurry.cancel()
 
     async def _release_all(self, messages: list[Received]) -> None:
-        for message in messages:
+        await asyncio.gather(*(self._hand_back(message) for message in messages))
+
+    async def _hand_back(self, message: Received) -> None:
+        """Return a message that never started, without using up an attempt.
+
+        Making it visible again would cost a receive, and SQS dead-letters a
+        message after ``maxReceiveCount`` receives however they ended; a few
+        restarts in a row could then dead-letter a request that never failed.
+        A fresh copy carries the attempts actually used in an attribute
+        instead, and the received message is deleted. Should the copy fail
+        to send, the message is released as before.
+        """
+        values = attribute_values(message.attributes)
+        used = _count(values.get(ATTR_FAILED_ATTEMPTS)) + message.receive_count - 1
+        copy = _copy_attributes(message)
+        copy[ATTR_FAILED_ATTEMPTS] = _number(used)
+        try:
+            await self._call(
+                self.app.broker.send, message.queue_url, message.body, copy
+            )
+        except TransportError as exc:
+            logger.warning(
+                "message %s could not be handed back, releasing it: %s",
+                message.message_id,
+                exc,
+            )
             await self._release(message)
+            return
+        await self._delete(message)
+        logger.info("message %s handed back unstarted", message.message_id)
 
     async def _release(self, message: Received) -> None:
         """Make a message visible again at once, for another worker."""
@@ -516,7 +552,7 @@ class Worker:
         assert self._stopping is not None
         if self._stopping.is_set():
             # Received just before the stop signal; never started.
-            await self._release(message)
+            await self._hand_back(message)
             return
         done = asyncio.Event()
         beat = (

@@ -18,7 +18,7 @@ from asyncllm import (
     decode_request,
     encode,
 )
-from asyncllm._wire import attribute_values
+from asyncllm._wire import attribute_values, peek_identity
 
 from .conftest import CHAT, test_queue_options
 from .corpus import (
@@ -337,6 +337,45 @@ def test_a_body_of_an_unknown_schema_is_refused_listing_its_keys() -> None:
 
     assert "unknown envelope schema" in refused.value.reason
     assert "Prompt" in refused.value.reason
+
+
+def nested(levels: int) -> str:
+    """A request body whose metadata nests objects ``levels`` deep in all."""
+    inner = '{"a":' * (levels - 2) + "1" + "}" * (levels - 2)
+    return json.dumps(
+        {"id": "r1", "tenant_id": "acme", "request": {**CHAT, "x": "INNER"}}
+    ).replace('"INNER"', inner)
+
+
+def test_a_body_a_hundred_levels_deep_is_accepted() -> None:
+    request = decode_request(nested(100))
+
+    assert request.id == "r1"
+
+
+@pytest.mark.parametrize("levels", [101, 5_000, 100_000])
+def test_a_body_nested_deeper_than_a_hundred_levels_is_refused_naming_the_limit(
+    levels: int,
+) -> None:
+    with pytest.raises(InvalidMessage) as refused:
+        decode_request(nested(levels))
+
+    assert "at most 100" in refused.value.reason
+    assert peek_identity(nested(levels)) == (None, None)
+
+
+def test_a_request_nested_too_deep_is_refused_at_submit(
+    make_app: Any, sqs_client: Any
+) -> None:
+    app = make_app()
+    url = app.broker.queue_url(app.settings.request_queue)
+    chat = {**CHAT, "metadata_tree": json.loads(nested(120))}
+
+    with pytest.raises(InvalidMessage) as refused:
+        app.submit(chat, tenant_id="acme")
+
+    assert "levels deep" in refused.value.reason
+    assert depth(sqs_client, url) == 0
 
 
 @pytest.mark.parametrize(

@@ -317,6 +317,40 @@ def test_an_unknown_handler_goes_to_the_dlq_with_a_reason_and_the_worker_goes_on
     assert "no-such-handler" in refusal.error.message
 
 
+def test_a_body_nested_past_any_parser_is_dead_lettered_at_once_with_a_reason(
+    make_app: Any, sqs_client: Any, caplog: Any
+) -> None:
+    caplog.set_level("INFO", logger="asyncllm")
+    app = make_app()
+    calls = Calls()
+
+    @app.handler
+    def echo(request: AsyncRequest) -> ChatResponse:
+        calls.add(request)
+        return reply(request, "still here")
+
+    body = '{"a":' * 5000 + "1" + "}" * 5000
+    attributes = {
+        "TenantID": {"DataType": "String", "StringValue": "acme"},
+        "RequestID": {"DataType": "String", "StringValue": "deep-1"},
+    }
+    request_url, _, dlq_url = urls(app)
+    with running_worker(app):
+        sqs_client.send_message(
+            QueueUrl=request_url, MessageBody=body, MessageAttributes=attributes
+        )
+        dead = receive(sqs_client, dlq_url)
+        good = app.submit(CHAT, tenant_id="acme")
+        answer = good.get(timeout=20)
+
+    assert answer.content == "still here"
+    assert [m["Body"] for m in dead] == [body]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "at most 100" in string_attributes(dead[0])[ATTR_REASON]
+    assert calls.counts == {good.id: 1}
+    assert depth(sqs_client, request_url) == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -7,6 +7,7 @@ real SQS endpoint (moto's server on 127.0.0.1).
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 import time
@@ -18,9 +19,11 @@ from typing import Any
 import pytest
 
 from asyncllm import AsyncLLM, AsyncRequest, ChatResponse, QueueOptions, Received
+from asyncllm._wire import ATTR_FAILED_ATTEMPTS
 
 from .conftest import running_worker, test_queue_options
 from .process_apps import CALLS_ENV, SLEEP_ENV, count_calls, read_calls
+from .support import string_attributes
 from .worker_harness import (
     ResponseReader,
     files_containing,
@@ -279,7 +282,7 @@ class StopDuringReceive:
         return messages
 
 
-def test_messages_received_after_the_stop_signal_are_released_at_once(
+def test_messages_received_after_the_stop_signal_are_handed_back_unused_at_once(
     app_settings: dict[str, Any], sqs_client: Any, tmp_path: Path
 ) -> None:
     app, setup = make_queues(app_settings, LONG_VISIBILITY)
@@ -305,14 +308,24 @@ def test_messages_received_after_the_stop_signal_are_released_at_once(
 
     assert wrapper.received
     assert calls == []
-    # Visible again now, not after the 30 s visibility timeout.
+    # Back now, not after the 30 s visibility timeout, as fresh copies that
+    # have used up no attempt: SQS counts their receives from zero again.
     reply = sqs_client.receive_message(
         QueueUrl=setup.request_url,
         MaxNumberOfMessages=10,
         WaitTimeSeconds=2,
         MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        MessageAttributeNames=["All"],
     )
-    again = {m["MessageId"]: m for m in reply.get("Messages", [])}
+    again = {json.loads(m["Body"])["id"]: m for m in reply.get("Messages", [])}
     for message in wrapper.received:
-        assert message.message_id in again
-        assert again[message.message_id]["Attributes"]["ApproximateReceiveCount"] == "2"
+        copy = again[json.loads(message.body)["id"]]
+        assert copy["Body"] == message.body
+        assert copy["MessageId"] != message.message_id
+        assert copy["Attributes"]["ApproximateReceiveCount"] == "1"
+        assert string_attributes(copy)[ATTR_FAILED_ATTEMPTS] == "0"
+        assert (
+            string_attributes(copy)["TenantID"] == json.loads(message.body)["tenant_id"]
+        )
+    # The received originals are gone: one message per request is left.
+    assert queue_depth(sqs_client, setup.request_url) == len(requests)
