@@ -694,12 +694,16 @@ class Worker:
         await self._dead_letter(state.message, f"terminal error: {error.message}")
         self._count(state, "failed")
         self._count(state, "dead_lettered")
+        request_id = state.request.id if state.request else state.message.message_id
         logger.warning(
-            "request %s failed terminally: %s",
-            state.request.id if state.request else state.message.message_id,
-            error.message,
+            "request %s failed terminally (%s, code %s, status %s)",
+            request_id,
+            type(error).__name__,
+            error.code,
+            error.status_code,
             extra=self._extra(state),
         )
+        _log_error_text(request_id, error, state)
 
     async def _retry_after(self, state: _InFlight, signal_: RetryAfter) -> None:
         """Re-queue a delayed copy, so a rate limit uses up no failed attempt."""
@@ -750,6 +754,7 @@ class Worker:
                 delay,
                 extra=self._extra(state),
             )
+            _log_error_text(state.request.id, exc, state)
             return
         code = getattr(exc, "code", None)
         status_code = getattr(exc, "status_code", None)
@@ -764,13 +769,15 @@ class Worker:
         await self._give_up(state, f"failed {state.attempt} attempts: {info.type}")
         self._count(state, "dead_lettered")
         logger.warning(
-            "request %s failed attempt %d of %d; giving up, to the dead-letter queue",
+            "request %s failed attempt %d of %d with %s; giving up, to the "
+            "dead-letter queue",
             state.request.id,
             state.attempt,
             limit,
-            exc_info=exc,
+            info.type,
             extra=self._extra(state),
         )
+        _log_error_text(state.request.id, exc, state)
 
     async def _give_up(self, state: _InFlight, reason: str) -> None:
         """Send a request whose attempts are used up to the dead-letter queue."""
@@ -994,6 +1001,22 @@ def _count(value: str | None) -> int:
         return max(0, int(value or 0))
     except ValueError:
         return 0
+
+
+def _log_error_text(request_id: str, error: BaseException, state: _InFlight) -> None:
+    """Log an error's own text and traceback, at DEBUG only.
+
+    Handlers and providers may quote the prompt in an exception's message,
+    and prompt text never goes to logs above DEBUG; the text is published in
+    the error response all the same.
+    """
+    logger.debug(
+        "request %s error text: %s",
+        request_id,
+        error,
+        exc_info=error,
+        extra={"request_id": request_id, "attempt": state.attempt},
+    )
 
 
 def _number(value: int) -> dict[str, str]:

@@ -280,3 +280,39 @@ def test_at_debug_bodies_are_logged_only_when_log_payloads_allows_it(
     else:
         assert with_prompt == []
         assert with_answer == []
+
+
+def test_error_texts_that_quote_the_prompt_reach_the_response_but_not_info_logs(
+    make_app: AppFactory, json_logs: Callable[[str], io.StringIO]
+) -> None:
+    log_stream = json_logs("INFO")
+    app = make_app()
+
+    @app.handler(name="echoes-prompt")
+    def echoes_prompt(request: AsyncRequest) -> ChatResponse:
+        raise ValueError(f"provider choked on: {request.request.messages[-1].content}")
+
+    @app.handler(name="refuses-quoting")
+    def refuses_quoting(request: AsyncRequest) -> ChatResponse:
+        raise TerminalError(
+            f"content filter hit: {request.request.messages[-1].content}"
+        )
+
+    handles = [
+        app.submit(chat(), tenant_id="acme", handler="echoes-prompt"),
+        app.submit(chat(), tenant_id="acme", handler="refuses-quoting"),
+    ]
+    with running_worker(app):
+        answers = app.wait(handles, timeout=60)
+
+    assert [answer.error.type for answer in answers if answer.error] == [
+        "ValueError",
+        "TerminalError",
+    ]
+    assert all(
+        PROMPT in (answer.error.message if answer.error else "") for answer in answers
+    )
+    text = log_stream.getvalue()
+    assert "giving up" in text
+    assert "failed terminally" in text
+    assert "Halvorsen" not in text
