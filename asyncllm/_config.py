@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +85,9 @@ class Settings:
     wait_time_seconds: int = 20
 
     def __post_init__(self) -> None:
-        if self.transport not in ("sqs", "memory"):
-            message = (
-                f"broker_url {self.broker_url!r} is not supported; use sqs:// "
-                "(AWS or a local endpoint) or memory://"
-            )
-            raise ConfigurationError(message)
-        if not 0 <= self.wait_time_seconds <= 20:
-            message = f"wait_time_seconds={self.wait_time_seconds} must be 0 to 20"
-            raise ConfigurationError(message)
+        for name in _RULES:
+            value = getattr(self, name)
+            object.__setattr__(self, name, _checked(name, value, name))
 
     @classmethod
     def from_env(
@@ -108,18 +102,25 @@ class Settings:
 
         Returns:
             The settings.
+
+        Raises:
+            ConfigurationError: A value is not usable; the message names the
+                variable (or the keyword argument) it came from, the value and
+                what a good one looks like.
         """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        if env.get("AWS_DEFAULT_REGION"):
-            values["region"] = env["AWS_DEFAULT_REGION"]
-        for variable, name in ENVIRONMENT.items():
+        # Where each value came from, for errors: a variable, or the setting.
+        sources: dict[str, str] = {}
+        for variable, name in [("AWS_DEFAULT_REGION", "region"), *ENVIRONMENT.items()]:
             if env.get(variable):
-                values[name] = env[variable]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("wait_time_seconds", "result_ttl_seconds"):
-            if name in values:
-                values[name] = _as_int(values[name])
+                values[name], sources[name] = env[variable], variable
+        for name, value in overrides.items():
+            if value is not None:
+                values[name], sources[name] = value, name
+        for name, source in sources.items():
+            if name in _RULES:
+                values[name] = _checked(name, values[name], source)
         return cls(**values)
 
     @property
@@ -183,12 +184,81 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _as_int(value: Any) -> int:
+class _Refused(ValueError):
+    """A setting's value is not usable; the text says what a good one looks like."""
+
+
+def _whole_seconds(value: Any, low: int, high: int | None = None) -> int | None:
+    """Return ``value`` as whole seconds in ``[low, high]``, or None if it is not."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        return None
     try:
-        return int(value)
+        seconds = int(value)
     except (TypeError, ValueError):
-        message = f"expected a whole number of seconds, got {value!r}"
-        raise ConfigurationError(message) from None
+        return None
+    if seconds < low or (high is not None and seconds > high):
+        return None
+    return seconds
+
+
+def _wait_time(value: Any) -> int:
+    seconds = _whole_seconds(value, 0, 20)
+    if seconds is None:
+        raise _Refused("is not a whole number of seconds from 0 to 20; use e.g. 20")
+    return seconds
+
+
+def _result_ttl(value: Any) -> int:
+    seconds = _whole_seconds(value, 1)
+    if seconds is None:
+        message = "is not a whole number of seconds above 0; use e.g. 604800 (7 days)"
+        raise _Refused(message)
+    return seconds
+
+
+def _broker_url(value: Any) -> str:
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("sqs", "memory"):
+        message = "is not supported; use sqs:// (AWS or a local endpoint) or memory://"
+        raise _Refused(message)
+    return value
+
+
+def _endpoint_url(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and _is_http_url(value)):
+        return value
+    message = "is not an http(s) URL with a host; use e.g. http://127.0.0.1:9324"
+    raise _Refused(message)
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+#: The settings whose values are checked (and converted), by name.
+_RULES: dict[str, Callable[[Any], Any]] = {
+    "broker_url": _broker_url,
+    "endpoint_url": _endpoint_url,
+    "wait_time_seconds": _wait_time,
+    "result_ttl_seconds": _result_ttl,
+}
+
+
+def _checked(name: str, value: Any, source: str) -> Any:
+    """Return a setting's value, converted, or refuse it naming ``source``.
+
+    Raises:
+        ConfigurationError: The value is not usable; the message names
+            ``source`` (a variable or the setting), the value and a fix.
+    """
+    try:
+        return _RULES[name](value)
+    except _Refused as exc:
+        raise ConfigurationError(f"{source}={value!r} {exc}") from None
 
 
 def _quote(text: str) -> str:

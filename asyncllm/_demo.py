@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from ._local import LocalSQS
 from ._models import now_timestamp, parse_timestamp
 from ._wire import make_attributes
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "shorten"]
 
 
 def run_demo(app_path: str, requests_dir: Path, timeout: float) -> int:
@@ -77,9 +78,11 @@ def _settings_from(env: dict[str, str]) -> dict[str, Any]:
 
 
 def _start_worker(app_path: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "asyncllm", "--log-level", "WARNING", "worker"]
-    command += ["-A", app_path, "--concurrency", "8", "--grace-seconds", "10"]
-    click.echo(f"worker: {' '.join(command[1:])}")
+    args = ["--log-level", "WARNING", "worker", "-A", app_path]
+    args += ["--concurrency", "8", "--grace-seconds", "10"]
+    # Shown as a user would type it; run with this interpreter.
+    click.echo(f"worker: asyncllm {shlex.join(args)}")
+    command = [sys.executable, "-m", "asyncllm", *args]
     return subprocess.Popen(command, env={**os.environ, **env})
 
 
@@ -151,5 +154,18 @@ def _print_answer(handle: AsyncResult, label: str, begun: float, timeout: float)
         return 1
     assert response.response is not None
     text = (response.response.content or "").replace("\n", " ")
-    click.echo(f"  {label:<40} {latency:6.2f} s  {text[:60]}")
+    click.echo(f"  {label:<40} {latency:6.2f} s  {shorten(text)}")
     return 0
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """Return ``text`` cut to ``width`` characters, ending in "…" when cut.
+
+    Args:
+        text: One line of text.
+        width: The most characters to return, the ellipsis included.
+
+    Returns:
+        The text, or its first ``width - 1`` characters and "…".
+    """
+    return text if len(text) <= width else text[: width - 1] + "…"

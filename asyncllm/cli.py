@@ -20,8 +20,9 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 from ._app import AsyncLLM
 from ._errors import (
     AsyncLLMError,
+    ConfigurationError,
     InvalidMessage,
     ResultExpired,
     ResultNotFound,
@@ -60,6 +62,9 @@ EXIT_NOT_FOUND = 5
 EXIT_EXPIRED = 6
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The longest tenant id a request may carry (AsyncRequest.tenant_id).
+_MAX_TENANT_LENGTH = 256
 
 
 def load_app(path: str | None) -> AsyncLLM:
@@ -104,6 +109,83 @@ def app_option(func: F) -> F:
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the whole AsyncResponse as JSON."
 )
+
+
+def _check_tenant(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Refuse a blank or over-long tenant, which the request would refuse later."""
+    if value is not None and not value.strip():
+        message = (
+            f"{value!r} is blank; give a tenant id, or leave the option out to "
+            "use ASYNCLLM_TENANT_ID or 'default'"
+        )
+        raise click.BadParameter(message)
+    if value is not None and len(value) > _MAX_TENANT_LENGTH:
+        message = (
+            f"{value[:20]!r}... is {len(value)} characters long; "
+            f"use at most {_MAX_TENANT_LENGTH}"
+        )
+        raise click.BadParameter(message)
+    return value
+
+
+tenant_option = click.option(
+    "-t",
+    "--tenant",
+    callback=_check_tenant,
+    help="The tenant [default: ASYNCLLM_TENANT_ID or 'default'].",
+)
+
+
+def _check_callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Refuse a callback that is not an http(s) URL, as the request would."""
+    if value is not None and not re.match(r"^https?://[^\s/]+", value):
+        message = (
+            f"{value!r} is not an http(s) URL; "
+            "use e.g. https://hooks.example.com/asyncllm"
+        )
+        raise click.BadParameter(message)
+    return value
+
+
+def _check_handler(
+    app: AsyncLLM, app_path: str | None, name: str | None, hint: str
+) -> None:
+    """Refuse a handler the app given with -A does not have.
+
+    Without -A, or with an app that registers no handlers, the handlers are
+    not known here and the worker decides.
+    """
+    known = sorted(app.handlers)
+    if not app_path or not known or name is None or name in known:
+        return
+    message = f"{name!r} is not a handler of {app_path}; use one of: {', '.join(known)}"
+    raise click.BadParameter(message, param_hint=hint)
+
+
+class _AtDebug(logging.Filter):
+    """Logs a logger's INFO lines at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+@contextlib.contextmanager
+def _per_request_logs_at_debug() -> Iterator[None]:
+    """Log "request ... queued" at DEBUG: the id is on stdout already.
+
+    A line on standard error for every submit is noise in scripts; with
+    ``--log-level DEBUG`` the lines are still there.
+    """
+    source = logging.getLogger("asyncllm._app")
+    demote = _AtDebug()
+    source.addFilter(demote)
+    try:
+        yield
+    finally:
+        source.removeFilter(demote)
 
 
 class _Group(click.Group):
@@ -344,7 +426,9 @@ def _age(seconds: float | None) -> str:
 
 @queues.command("status")
 @app_option
-@json_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the queues as a JSON list."
+)
 def queues_status(app_path: str | None, as_json: bool) -> None:
     """Show what each queue holds and where its settings differ from ours."""
     from ._ops import cloudwatch_oldest_age, queue_status
@@ -414,7 +498,12 @@ def _matching(
 @click.option("--reason", help="Only reasons containing this text.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--show-body", is_flag=True, help="Also print the bodies (prompt text).")
-@json_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object per dead letter, one a line.",
+)
 def dlq_list(
     app_path: str | None,
     tenant: str | None,
@@ -484,12 +573,17 @@ def dlq_redrive(
 @cli.command()
 @app_option
 @click.argument("file", type=click.File("r", encoding="utf-8"))
+@tenant_option
 @click.option(
-    "-t", "--tenant", help="The tenant [default: ASYNCLLM_TENANT_ID or 'default']."
+    "--handler",
+    help="The handler to run [default: the app's default]; checked against -A.",
 )
-@click.option("--handler", help="The handler to run [default: the app's default].")
 @click.option("--provider", help="A provider or route for the handler.")
-@click.option("--callback", help="A URL to notify when the request completes.")
+@click.option(
+    "--callback",
+    callback=_check_callback,
+    help="An http(s) URL to notify when the request completes.",
+)
 @click.option(
     "--wait",
     "wait_seconds",
@@ -514,19 +608,23 @@ def submit(
     Prints the request id.
     """
     app = load_app(app_path)
+    _check_handler(app, app_path, handler, "'--handler'")
     data = _read_json(file)
     try:
         if "request" in data:
             request = _as_async_request(data, tenant, handler, provider, callback)
-            result = app.send_request(request)
+            _check_handler(app, app_path, request.handler, "FILE")
+            with _per_request_logs_at_debug():
+                result = app.send_request(request)
         else:
-            result = app.submit(
-                data,
-                tenant_id=tenant,
-                handler=handler,
-                provider=provider,
-                callback=callback,
-            )
+            with _per_request_logs_at_debug():
+                result = app.submit(
+                    data,
+                    tenant_id=tenant,
+                    handler=handler,
+                    provider=provider,
+                    callback=callback,
+                )
     except InvalidMessage as exc:
         # A request that cannot be queued is a bad FILE: exit status 2.
         raise click.BadParameter(exc.reason, param_hint="FILE") from None
@@ -540,6 +638,12 @@ def _read_json(file: Any) -> dict[str, Any]:
         data = json.load(file)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="FILE") from None
+    except UnicodeDecodeError as exc:
+        message = (
+            f"{click.format_filename(file.name)!r} is not UTF-8 text "
+            f"(byte 0x{exc.object[exc.start]:02x}: {exc.reason}); save it as UTF-8"
+        )
+        raise click.BadParameter(message, param_hint="FILE") from None
     if not isinstance(data, dict):
         raise click.BadParameter("expected a JSON object", param_hint="FILE")
     return data
@@ -645,7 +749,9 @@ def results() -> None:
 
 @results.command("stats")
 @app_option
-@json_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the counts as one JSON object."
+)
 def results_stats(app_path: str | None, as_json: bool) -> None:
     """Read new responses, then count the stored results per status."""
     app = load_app(app_path)
@@ -700,15 +806,22 @@ def local_sqs(port: int) -> None:
     """Run a local SQS endpoint on 127.0.0.1 until interrupted."""
     import threading
 
-    from ._local import LocalSQS
+    from ._local import LocalSQS, PortInUse
 
-    with LocalSQS(port) as sqs:
+    try:
+        sqs = LocalSQS(port).start()
+    except PortInUse as exc:
+        message = f"{exc}; pick another with --port (--port 0 picks a free one)"
+        raise ConfigurationError(message) from None
+    try:
         click.echo(f"export ASYNCLLM_SQS_ENDPOINT_URL={sqs.endpoint_url}")
         click.echo(
             "# then: asyncllm queues create; Ctrl-C stops the endpoint", err=True
         )
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
+    finally:
+        sqs.stop()
 
 
 @cli.command()
@@ -757,9 +870,7 @@ def batch() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The manifest to write or resume [default: FILE.manifest.jsonl].",
 )
-@click.option(
-    "-t", "--tenant", help="The tenant [default: ASYNCLLM_TENANT_ID or 'default']."
-)
+@tenant_option
 @click.option(
     "--skip-invalid", is_flag=True, help="Send the valid lines of a file with bad ones."
 )
@@ -794,7 +905,8 @@ def batch_submit(
     with click.progressbar(length=len(todo), label="sending", file=sys.stderr) as bar:
         for start in range(0, len(todo), 10):
             chunk = todo[start : start + 10]
-            app.send_requests(manifest.requests(chunk))
+            with _per_request_logs_at_debug():
+                app.send_requests(manifest.requests(chunk))
             manifest.record(chunk)
             bar.update(len(chunk))
     click.echo(

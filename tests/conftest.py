@@ -23,14 +23,21 @@ os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_REGION"] = "us-east-1"
 os.environ.pop("AWS_PROFILE", None)
-# Default stores (results, ledger) go to a throw-away state directory.
-os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="asyncllm-test-state-")
+# Default stores (results, ledger) go to a throw-away state directory, removed
+# when the session ends (each xdist worker has its own).
+_STATE_DIR = tempfile.TemporaryDirectory(prefix="asyncllm-test-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_DIR.name
 for _name in list(os.environ):
     if _name.startswith(("ASYNCLLM_", "SQS_")):
         del os.environ[_name]
 
 #: Visibility timeout of test queues: short, so retries and redrives are quick.
 TEST_VISIBILITY = 2
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the throw-away state directory of this test process."""
+    _STATE_DIR.cleanup()
 
 
 @pytest.fixture(scope="session")

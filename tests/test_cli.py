@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,8 @@ from click.testing import CliRunner, Result
 
 from asyncllm import AsyncLLM, AsyncRequest, AsyncResponse, ChatResponse, ErrorInfo
 from asyncllm import encode as encode_message
+from asyncllm._demo import shorten
+from asyncllm._local import LocalSQS, PortInUse
 from asyncllm.cli import cli
 
 from .conftest import CHAT, running_worker
@@ -397,3 +401,214 @@ def test_a_worker_process_retries_failures_and_submit_wait_reports_them(
     flaky_id, printed = lines(recovered.stdout)
     assert json.loads(printed)["attempts"] == 2
     assert calls_of(calls, flaky_id) == 2
+
+
+# -- defects found by testing ---------------------------------------------------------
+
+
+def test_a_file_that_is_not_utf8_exits_2_naming_it(
+    runner: CliRunner, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / "utf16.json"
+    path.write_bytes(b"\xff\xfe\x00")
+
+    done = invoke(runner, env, "submit", str(path))
+
+    assert done.exit_code == 2, done.output
+    assert "Invalid value for FILE: " in done.stderr
+    assert "utf16.json" in done.stderr
+    assert "not UTF-8" in done.stderr
+    assert "Traceback" not in done.output
+
+
+def write_chat(tmp_path: Path, **fields: Any) -> Path:
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps({**CHAT, **fields}), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("via", ["-A", "ASYNCLLM_APP"])
+def test_submit_with_a_handler_the_app_lacks_exits_2_listing_its_handlers(
+    via: str,
+    runner: CliRunner,
+    env: dict[str, str],
+    make_app: Any,
+    sqs_client: Any,
+    tmp_path: Path,
+) -> None:
+    app = make_app()
+    path = write_chat(tmp_path)
+    args = ["submit", str(path), "--handler", "nosuch"]
+    if via == "-A":
+        args += ["-A", "tests.apps:app"]
+    else:
+        env["ASYNCLLM_APP"] = "tests.apps:app"
+
+    done = invoke(runner, env, *args)
+
+    assert done.exit_code == 2, done.output
+    assert "Invalid value for '--handler': 'nosuch'" in done.stderr
+    assert "always-fail, echo, fail-once" in done.stderr
+    url = app.broker.queue_url(app.settings.request_queue)
+    assert receive(sqs_client, url, timeout=1) == []
+
+
+def test_a_whole_request_naming_a_handler_the_app_lacks_exits_2_naming_file(
+    runner: CliRunner, env: dict[str, str], make_app: Any, tmp_path: Path
+) -> None:
+    make_app()
+    path = tmp_path / "request.json"
+    whole = {"tenant_id": "acme", "request": CHAT, "handler": "nosuch"}
+    path.write_text(json.dumps(whole), encoding="utf-8")
+
+    done = invoke(runner, env, "submit", str(path), "-A", "tests.apps:app")
+
+    assert done.exit_code == 2, done.output
+    assert "Invalid value for FILE: 'nosuch'" in done.stderr
+
+
+def test_submit_with_a_handler_the_app_has_queues_the_request_for_it(
+    env: dict[str, str], make_app: Any, sqs_client: Any, tmp_path: Path
+) -> None:
+    app = make_app()
+    path = write_chat(tmp_path)
+
+    args = ["submit", str(path), "-A", "tests.apps:app", "--handler", "fail-once"]
+    done = run_cli(args, env)
+
+    assert done.returncode == 0, done.stderr
+    queued = receive(sqs_client, app.broker.queue_url(app.settings.request_queue))
+    assert json.loads(queued[0]["Body"])["handler"] == "fail-once"
+
+
+@pytest.mark.parametrize("tenant", ["", "   "])
+def test_submit_with_a_blank_tenant_exits_2_naming_tenant(
+    tenant: str,
+    runner: CliRunner,
+    env: dict[str, str],
+    make_app: Any,
+    sqs_client: Any,
+    tmp_path: Path,
+) -> None:
+    app = make_app()
+    path = write_chat(tmp_path)
+
+    done = invoke(runner, env, "submit", str(path), "--tenant", tenant)
+
+    assert done.exit_code == 2, done.output
+    assert f"Invalid value for '-t' / '--tenant': {tenant!r}" in done.stderr
+    url = app.broker.queue_url(app.settings.request_queue)
+    assert receive(sqs_client, url, timeout=1) == []
+
+
+def test_submit_with_a_callback_that_is_not_http_exits_2_naming_callback(
+    runner: CliRunner, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_chat(tmp_path)
+
+    done = invoke(runner, env, "submit", str(path), "--callback", "ftp://x")
+
+    assert done.exit_code == 2, done.output
+    assert "Invalid value for '--callback': 'ftp://x'" in done.stderr
+    assert "FILE" not in done.stderr.splitlines()[-1]
+
+
+def test_a_bad_variable_exits_1_with_one_line_naming_it(
+    runner: CliRunner, env: dict[str, str]
+) -> None:
+    env["ASYNCLLM_WAIT_TIME_SECONDS"] = "abc"
+
+    done = invoke(runner, env, "results", "stats")
+
+    assert done.exit_code == 1, done.output
+    assert done.stderr.strip().splitlines() == [
+        "Error: ASYNCLLM_WAIT_TIME_SECONDS='abc' is not a whole number of seconds "
+        "from 0 to 20; use e.g. 20"
+    ]
+
+
+def test_submit_logs_its_queued_line_only_at_debug(
+    runner: CliRunner, env: dict[str, str], make_app: Any, tmp_path: Path
+) -> None:
+    make_app()
+    path = write_chat(tmp_path)
+
+    quiet = invoke(runner, env, "submit", str(path))
+    verbose = invoke(runner, env, "--log-level", "DEBUG", "submit", str(path))
+
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == ""
+    assert verbose.exit_code == 0, verbose.output
+    [request_id] = lines(verbose.stdout)
+    [logged] = [line for line in lines(verbose.stderr) if "queued" in line]
+    assert f"DEBUG   asyncllm._app: request {request_id} queued" in logged
+    assert logging.getLogger("asyncllm._app").filters == []
+
+
+@pytest.mark.parametrize(
+    ("command", "described"),
+    [
+        (["dlq", "list"], "one JSON object per dead letter"),
+        (["queues", "status"], "the queues as a JSON list"),
+        (["results", "stats"], "the counts as one JSON object"),
+    ],
+)
+def test_json_help_of_commands_that_print_no_response_says_what_they_print(
+    command: list[str], described: str, runner: CliRunner
+) -> None:
+    done = runner.invoke(cli, [*command, "--help"])
+
+    assert done.exit_code == 0, done.output
+    assert described in " ".join(done.stdout.split())
+    assert "AsyncResponse" not in done.stdout
+
+
+def test_local_sqs_on_a_taken_port_exits_1_at_once_naming_the_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        done = run_cli(["local-sqs", "--port", str(port)], dict(os.environ), timeout=30)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    [message] = lines(done.stderr)
+    assert message.startswith(f"Error: port {port} on 127.0.0.1 is already in use")
+    assert "--port" in message
+
+
+def test_a_local_endpoint_on_a_taken_port_raises_port_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(PortInUse) as checked:
+            LocalSQS(port).start()
+        # Taken between the check and the bind: still an error, never a hang.
+        monkeypatch.setattr("asyncllm._local._check_port_free", lambda h, p: None)
+        with pytest.raises(PortInUse) as bound:
+            LocalSQS(port).start()
+
+    assert checked.value.port == port
+    assert bound.value.port == port
+
+
+def test_shorten_marks_cut_text_with_an_ellipsis() -> None:
+    assert shorten("a" * 60) == "a" * 60
+    assert shorten("a" * 61) == "a" * 59 + "…"
+    assert len(shorten("b" * 500)) == 60
+
+
+def test_the_demo_shows_the_worker_command_as_a_user_would_run_it() -> None:
+    done = run_cli(["demo", "--timeout", "30"], dict(os.environ), timeout=120)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    [worker] = [line for line in lines(done.stdout) if line.startswith("worker: ")]
+    assert worker.startswith("worker: asyncllm --log-level WARNING worker -A ")
+    assert "-m asyncllm" not in done.stdout
+    answers = [line for line in lines(done.stdout) if " s  " in line]
+    assert answers
+    assert all(len(line.split(" s  ", 1)[1]) <= 60 for line in answers)
