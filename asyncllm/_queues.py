@@ -114,11 +114,18 @@ def check_queues(broker: Broker, settings: Settings) -> QueueSetup:
     """Check that the queues exist and fit a worker, and describe them.
 
     Raises:
-        QueueSetupError: A queue is missing or the request queue has no
-            redrive policy; the message says how to fix it.
+        QueueSetupError: A queue is missing, the request and response queues
+            are one queue, or the request queue has no redrive policy; the
+            message says how to fix it.
     """
     request_url = _existing(broker, settings.request_queue, "request")
     response_url = _existing(broker, settings.response_queue, "response")
+    if request_url == response_url:
+        raise QueueSetupError(
+            f"the request and response queues are the same queue ({request_url}); "
+            "set SQS_RESPONSE_QUEUE_URL (or ASYNCLLM_RESPONSE_QUEUE) to another "
+            "queue"
+        )
     attributes = broker.get_attributes(request_url)
     policy = _redrive_policy(request_url, attributes.get("RedrivePolicy"))
     dead_letter = settings.dead_letter_queue or policy["deadLetterTargetArn"]

@@ -199,7 +199,9 @@ def peek_identity(body: str | bytes) -> tuple[str | None, str | None]:
 def _load_object(body: str | bytes, check_unicode: bool = True) -> dict[str, Any]:
     text = _as_text(body)
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(
+            text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
+        )
     except json.JSONDecodeError as exc:
         raise InvalidMessage(f"body is not JSON: {exc}") from None
     except ValueError as exc:
@@ -258,6 +260,20 @@ def _as_text(body: str | bytes) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidMessage(f"body is not UTF-8 text: {exc.reason}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, refusing a key given twice.
+
+    Parsers disagree on which of two equal keys wins; a body that names two
+    tenants must not be read one way by its producer and another way here.
+    """
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        keys = [key for key, _ in pairs]
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return data
 
 
 def _refuse_constant(name: str) -> None:

@@ -347,6 +347,28 @@ def nested(levels: int) -> str:
     ).replace('"INNER"', inner)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            '{"id":"r1","tenant_id":"acme","tenant_id":"globex","request":{}}',
+            id="two-tenants",
+        ),
+        pytest.param(
+            '{"ID":"r1","TenantID":"acme","Request":{"model":"m","model":"n",'
+            '"messages":[{"role":"user","content":"hi"}]}}',
+            id="two-models-inside",
+        ),
+    ],
+)
+def test_a_key_given_twice_in_one_object_is_refused_naming_it(body: str) -> None:
+    with pytest.raises(InvalidMessage) as refused:
+        decode_request(body)
+
+    assert "appears twice" in refused.value.reason
+    assert peek_identity(body) == (None, None)
+
+
 def test_a_body_a_hundred_levels_deep_is_accepted() -> None:
     request = decode_request(nested(100))
 
