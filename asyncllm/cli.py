@@ -1023,12 +1023,19 @@ def batch_results(
     type=click.IntRange(1),
     help="The largest request body accepted; larger ones get 413.",
 )
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    help="Serve Prometheus metrics on GET /metrics.",
+)
 def gateway(
     app_path: str | None,
     host: str,
     port: int,
     keys_path: Path | None,
     max_body_bytes: int,
+    metrics: bool,
 ) -> None:
     """Serve the HTTP gateway: POST /v1/async/chat, GET /v1/async/{id}.
 
@@ -1048,5 +1055,7 @@ def gateway(
         message = f"the gateway needs pip install 'asyncllm[gateway]' ({exc})"
         raise click.UsageError(message) from None
     keys = ApiKeys.from_file(keys_path) if keys_path else ApiKeys.from_env()
-    api = create_gateway(load_app(app_path), keys, max_body_bytes=max_body_bytes)
+    api = create_gateway(
+        load_app(app_path), keys, max_body_bytes=max_body_bytes, metrics=metrics
+    )
     uvicorn.run(api, host=host, port=port, log_config=None, server_header=False)

@@ -22,6 +22,7 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -373,6 +374,56 @@ def test_health_and_readiness_answer_without_a_key(
         "status": "unavailable",
         "reason": "the request queue is unreachable",
     }
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, frozenset[Any]], float]:
+    """GET /metrics and parse it: (sample name, labels) to value."""
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def test_the_metrics_count_calls_by_route_template_and_status_and_tenants(
+    make_app: Any,
+) -> None:
+    app = make_app()
+    with start_gateway(app) as client:
+        submit(client)
+        submit(client, headers=GLOBEX)
+        submit(client, {"model": "m", "messages": []})
+        client.get("/v1/async/no-such-id", headers=ACME)
+        client.get("/v1/async/no-such-id")
+        client.get("/not/a/route")
+        samples = scrape(client)
+
+    def calls(route: str, method: str, status: int) -> float:
+        labels = {"route": route, "method": method, "status": str(status)}
+        key = ("asyncllm_gateway_http_requests_total", frozenset(labels.items()))
+        return samples.get(key, 0.0)
+
+    assert calls("/v1/async/chat", "POST", 202) == 2
+    assert calls("/v1/async/chat", "POST", 422) == 1
+    assert calls("/v1/async/{request_id}", "GET", 404) == 1
+    assert calls("/v1/async/{request_id}", "GET", 401) == 1
+    assert calls("other", "GET", 404) == 1
+    submitted = "asyncllm_gateway_requests_submitted_total"
+    assert samples[(submitted, frozenset({("tenant", "acme")}))] == 1
+    assert samples[(submitted, frozenset({("tenant", "globex")}))] == 1
+    timed = "asyncllm_gateway_http_request_duration_seconds_count"
+    assert samples[(timed, frozenset({("route", "/v1/async/chat")}))] == 3
+    assert not any("no-such-id" in str(labels) for _, labels in samples)
+
+
+def test_metrics_can_be_turned_off(make_app: Any) -> None:
+    with start_gateway(make_app(), metrics=False) as client:
+        answer = client.get("/metrics")
+
+    assert answer.status_code == 404
 
 
 def test_the_openapi_document_describes_the_chat_body(shared: Shared) -> None:

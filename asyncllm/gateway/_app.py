@@ -18,7 +18,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRouter
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
@@ -39,6 +39,7 @@ from .._webhooks import UnsafeWebhookTarget, WebhookSettings, check_webhook_url
 from .._wire import _format_location
 from ._background import CollectorThread
 from ._keys import ApiKey, ApiKeys
+from ._metrics import GatewayMetrics
 from ._schemas import (
     Accepted,
     ErrorBody,
@@ -111,6 +112,7 @@ class _Gateway:
     webhooks: WebhookSettings
     collect: bool
     readiness_timeout_seconds: float
+    metrics: GatewayMetrics | None = None
     collector: CollectorThread | None = None
 
 
@@ -122,6 +124,7 @@ def create_gateway(
     webhooks: WebhookSettings | None = None,
     collect: bool = True,
     readiness_timeout_seconds: float = 5.0,
+    metrics: bool = True,
 ) -> FastAPI:
     """Build the gateway's ASGI app.
 
@@ -138,6 +141,9 @@ def create_gateway(
         collect: Run the collector inside the gateway. Defaults to True.
         readiness_timeout_seconds: How long ``/readyz`` waits for the queue.
             Defaults to 5.
+        metrics: Count and time calls and serve them on ``GET /metrics``
+            (Prometheus's format, no key needed, like ``/healthz``).
+            Defaults to True.
 
     Returns:
         A FastAPI app.
@@ -164,7 +170,11 @@ def create_gateway(
         webhooks or WebhookSettings.from_env(),
         collect,
         readiness_timeout_seconds,
+        GatewayMetrics() if metrics else None,
     )
+    gateway_metrics = api.state.gateway.metrics
+    if gateway_metrics is not None:
+        api.middleware("http")(gateway_metrics.middleware)
     _install_error_handlers(api)
     api.include_router(_router)
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
@@ -263,6 +273,8 @@ async def submit_chat(request: Request, caller: Caller) -> JSONResponse:
     fields = _parse_object(raw)
     queued = _build_request(fields, caller.tenant, gateway.webhooks)
     await _send(gateway.app, queued)
+    if gateway.metrics is not None:
+        gateway.metrics.submitted(caller.tenant)
     status_url = str(request.url_for("get_result", request_id=queued.id))
     body = {"request_id": queued.id, "status": "queued", "status_url": status_url}
     return JSONResponse(body, status_code=202, headers={"Location": status_url})
@@ -307,6 +319,16 @@ async def get_result(
 async def healthz() -> dict[str, str]:
     """Answer 200 while the process serves."""
     return {"status": "ok"}
+
+
+@_router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Serve the gateway's metrics in Prometheus's text format (404 if off)."""
+    gateway_metrics = _state(request).metrics
+    if gateway_metrics is None:
+        raise GatewayError(404, "not_found", "metrics are off for this gateway")
+    body, content_type = gateway_metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @_router.get(
