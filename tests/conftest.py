@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -13,9 +14,12 @@ from typing import Any
 
 import boto3
 import pytest
+from click.testing import CliRunner
 
 from asyncllm import AsyncLLM, MemoryBroker, QueueOptions, Worker
 from asyncllm._local import LocalSQS
+
+from .support import cli_environment
 
 # Never let boto3 look for credentials or a region outside this machine.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -155,3 +159,19 @@ CHAT = {
     "model": "test-model",
     "messages": [{"role": "user", "content": "Name a colour of the sea at dusk."}],
 }
+
+
+@pytest.fixture
+def runner() -> Iterator[CliRunner]:
+    """Click's runner; the root logger is restored after the CLI configured it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield CliRunner()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def env(app_settings: dict[str, Any]) -> dict[str, str]:
+    """The environment of a CLI that uses this test's queues and result store."""
+    return cli_environment(app_settings)

@@ -6,11 +6,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from click.testing import CliRunner, Result
+
+from asyncllm import AsyncRequest
+from asyncllm.cli import cli
 
 T = TypeVar("T")
 
@@ -61,6 +68,18 @@ def receive(
         for message in reply.get("Messages", []):
             found.setdefault(message["MessageId"], message)
     return list(found.values())
+
+
+def peek(sqs_client: Any, queue_url: str, expect: int) -> list[dict[str, Any]]:
+    """Receive ``expect`` messages as `receive` does, then make them visible again."""
+    found = receive(sqs_client, queue_url, expect)
+    for message in found:
+        sqs_client.change_message_visibility(
+            QueueUrl=queue_url,
+            ReceiptHandle=message["ReceiptHandle"],
+            VisibilityTimeout=0,
+        )
+    return found
 
 
 def drain(sqs_client: Any, queue_url: str) -> list[dict[str, Any]]:
@@ -155,13 +174,7 @@ def worker_process(
         assert process.poll() is None, log_path.read_text(errors="replace")
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=PATIENCE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=PATIENCE_SECONDS)
+        stop_process(process)
 
 
 def calls_of(path: Path, request_id: str) -> int:
@@ -174,3 +187,34 @@ def calls_of(path: Path, request_id: str) -> int:
 
 def _receiving(log_path: Path) -> bool:
     return "receiving from" in log_path.read_text(errors="replace")
+
+
+def invoke(
+    runner: CliRunner, env: dict[str, str], *args: str, stdin: str | None = None
+) -> Result:
+    """Run the CLI in-process with ``env`` as its environment."""
+    return runner.invoke(cli, list(args), env=env, input=stdin)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process that still runs; SIGKILL it if it outlives our patience."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=PATIENCE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=PATIENCE_SECONDS)
+
+
+class Calls:
+    """Counts handler calls per request id, from any thread."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, request: AsyncRequest) -> int:
+        with self._lock:
+            self.counts[request.id] += 1
+            return self.counts[request.id]

@@ -19,9 +19,8 @@ from asyncllm.cli import cli
 
 from .conftest import running_worker
 from .support import (
-    PATIENCE_SECONDS,
-    cli_environment,
     depth,
+    peek,
     string_attributes,
     wait_for,
 )
@@ -106,12 +105,6 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-@pytest.fixture
-def env(app_settings: dict[str, Any]) -> dict[str, str]:
-    """The environment of a CLI that uses this test's queues and result store."""
-    return cli_environment(app_settings)
-
-
 def invoke(runner: CliRunner, env: dict[str, str], *args: str) -> Result:
     """Run the CLI, then give the root logger back its handlers and level."""
     root = logging.getLogger()
@@ -125,26 +118,8 @@ def invoke(runner: CliRunner, env: dict[str, str], *args: str) -> Result:
 
 def request_ids_on(sqs_client: Any, queue_url: str, expect: int) -> list[str]:
     """The RequestID of each message now on a queue; they stay there, visible."""
-    found: dict[str, dict[str, Any]] = {}
-    for _ in range(int(PATIENCE_SECONDS)):
-        if len(found) >= expect:
-            break
-        reply = sqs_client.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=30,
-        )
-        for message in reply.get("Messages", []):
-            found.setdefault(message["MessageId"], message)
-    for message in found.values():
-        sqs_client.change_message_visibility(
-            QueueUrl=queue_url,
-            ReceiptHandle=message["ReceiptHandle"],
-            VisibilityTimeout=0,
-        )
-    return [string_attributes(message)["RequestID"] for message in found.values()]
+    found = peek(sqs_client, queue_url, expect)
+    return [string_attributes(message)["RequestID"] for message in found]
 
 
 def three_hundred_lines_with_two_bad_ones() -> tuple[list[str], list[str]]:

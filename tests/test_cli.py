@@ -7,12 +7,11 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from asyncllm import AsyncLLM, AsyncRequest, AsyncResponse, ChatResponse, ErrorInfo
 from asyncllm import encode as encode_message
@@ -23,35 +22,13 @@ from asyncllm.cli import cli
 from .conftest import CHAT, running_worker
 from .support import (
     calls_of,
-    cli_environment,
+    invoke,
     receive,
     run_cli,
     worker_process,
 )
 
 EXIT_FAILED, EXIT_PENDING, EXIT_NOT_FOUND = 3, 4, 5
-
-
-@pytest.fixture
-def runner() -> Iterator[CliRunner]:
-    """Click's runner; the root logger is restored after the CLI configured it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield CliRunner()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def env(app_settings: dict[str, Any]) -> dict[str, str]:
-    """The environment of a CLI that uses this test's queues and result store."""
-    return cli_environment(app_settings)
-
-
-def invoke(
-    runner: CliRunner, env: dict[str, str], *args: str, stdin: str | None = None
-) -> Result:
-    return runner.invoke(cli, list(args), env=env, input=stdin)
 
 
 def publish(sqs_client: Any, app: AsyncLLM, response: AsyncResponse) -> None:

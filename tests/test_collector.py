@@ -37,6 +37,7 @@ from .support import (
     cli_environment,
     depth,
     receive,
+    stop_process,
     string_attributes,
     wait_for,
 )
@@ -276,13 +277,7 @@ def collector_process(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=PATIENCE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=PATIENCE_SECONDS)
+        stop_process(process)
 
 
 def collecting(process: subprocess.Popen[bytes], log: Path) -> bool:

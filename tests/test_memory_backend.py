@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -23,23 +22,10 @@ from asyncllm import (
 from asyncllm._wire import ATTR_REASON
 
 from .conftest import CHAT, running_worker
-from .support import wait_for
+from .support import Calls, wait_for
 
 #: Long-poll wait of memory workers: short, so they stop quickly.
 WAIT = 1
-
-
-class Calls:
-    """Counts handler calls per request id, from any thread."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def add(self, request: AsyncRequest) -> int:
-        with self._lock:
-            self.counts[request.id] += 1
-            return self.counts[request.id]
 
 
 def dead_letters(app: AsyncLLM) -> list[dict[str, Any]]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +14,12 @@ from click.testing import CliRunner, Result
 from asyncllm import AsyncLLM, AsyncRequest, ChatResponse, Status, TerminalError
 from asyncllm import encode as encode_message
 from asyncllm._wire import ATTR_FAILED_ATTEMPTS, ATTR_RATE_LIMITS, ATTR_REASON
-from asyncllm.cli import cli
 
 from .conftest import running_worker
 from .support import (
-    PATIENCE_SECONDS,
-    cli_environment,
     depth,
+    invoke,
+    peek,
     string_attributes,
     wait_for,
 )
@@ -31,28 +29,6 @@ AppFactory = Callable[..., AsyncLLM]
 PROMPT = "Draft a reply to the complaint about order 5521 from Ms Okafor."
 GATE_SHUT = "the gate is shut"
 RATE_REASON = "failed 3 attempts: RateLimitError"
-
-
-@pytest.fixture
-def runner() -> Iterator[CliRunner]:
-    """Click's runner; the root logger is restored after the CLI configured it."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield CliRunner()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def env(app_settings: dict[str, Any]) -> dict[str, str]:
-    """The environment of a CLI that uses this test's queues and result store."""
-    return cli_environment(app_settings)
-
-
-def invoke(
-    runner: CliRunner, env: dict[str, str], *args: str, stdin: str | None = None
-) -> Result:
-    return runner.invoke(cli, list(args), env=env, input=stdin)
 
 
 def counts(sqs_client: Any, queue_url: str) -> tuple[int, int]:
@@ -68,30 +44,6 @@ def request_body(request_id: str, tenant: str) -> str:
     fields = {"id": request_id, "tenant_id": tenant, "request": chat}
     request = AsyncRequest.model_validate(fields)
     return encode_message(request)
-
-
-def peek(sqs_client: Any, queue_url: str, expect: int) -> list[dict[str, Any]]:
-    """Receive ``expect`` messages, then make them visible again at once."""
-    found: dict[str, dict[str, Any]] = {}
-    for _ in range(int(PATIENCE_SECONDS)):
-        if len(found) >= expect:
-            break
-        reply = sqs_client.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-            VisibilityTimeout=30,
-        )
-        for message in reply.get("Messages", []):
-            found.setdefault(message["MessageId"], message)
-    for message in found.values():
-        sqs_client.change_message_visibility(
-            QueueUrl=queue_url,
-            ReceiptHandle=message["ReceiptHandle"],
-            VisibilityTimeout=0,
-        )
-    return list(found.values())
 
 
 # -- queues status -------------------------------------------------------------------

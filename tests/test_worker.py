@@ -24,7 +24,7 @@ from asyncllm._broker import Received, SQSBroker
 from asyncllm._wire import ATTR_REASON
 
 from .conftest import CHAT, running_worker
-from .support import depth, drain, receive, string_attributes
+from .support import Calls, depth, drain, receive, string_attributes
 
 GO_STYLE_BODY = {
     "ID": "go-7c1d-7b3a",
@@ -41,22 +41,22 @@ GO_STYLE_BODY = {
 }
 
 
-class Calls:
-    """Counts handler calls per request id, from any thread."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def add(self, request: AsyncRequest) -> int:
-        with self._lock:
-            self.counts[request.id] += 1
-            return self.counts[request.id]
-
-
 def reply(request: AsyncRequest, text: str = "") -> ChatResponse:
     content = request.request.messages[-1].content
     return ChatResponse.from_text(text or str(content), model="test")
+
+
+def echo_app(make_app: Any, text: str = "") -> tuple[AsyncLLM, Calls]:
+    """An app whose one handler echoes the prompt (or ``text``), counting calls."""
+    app = make_app()
+    calls = Calls()
+
+    @app.handler
+    def echo(request: AsyncRequest) -> ChatResponse:
+        calls.add(request)
+        return reply(request, text)
+
+    return app, calls
 
 
 def urls(app: AsyncLLM) -> tuple[str, str, str]:
@@ -321,13 +321,7 @@ def test_a_body_nested_past_any_parser_is_dead_lettered_at_once_with_a_reason(
     make_app: Any, sqs_client: Any, caplog: Any
 ) -> None:
     caplog.set_level("INFO", logger="asyncllm")
-    app = make_app()
-    calls = Calls()
-
-    @app.handler
-    def echo(request: AsyncRequest) -> ChatResponse:
-        calls.add(request)
-        return reply(request, "still here")
+    app, calls = echo_app(make_app, text="still here")
 
     body = '{"a":' * 5000 + "1" + "}" * 5000
     attributes = {
@@ -362,13 +356,7 @@ def test_a_body_nested_past_any_parser_is_dead_lettered_at_once_with_a_reason(
 def test_a_poison_body_goes_to_the_dlq_unchanged_and_the_worker_goes_on(
     body: str, make_app: Any, sqs_client: Any
 ) -> None:
-    app = make_app()
-    calls = Calls()
-
-    @app.handler
-    def echo(request: AsyncRequest) -> ChatResponse:
-        calls.add(request)
-        return reply(request, "still here")
+    app, calls = echo_app(make_app, text="still here")
 
     request_url, _, dlq_url = urls(app)
     with running_worker(app):
@@ -387,13 +375,7 @@ def test_a_poison_body_goes_to_the_dlq_unchanged_and_the_worker_goes_on(
 def test_a_body_whose_tenant_attribute_disagrees_is_dead_lettered_unanswered(
     make_app: Any, sqs_client: Any
 ) -> None:
-    app = make_app()
-    calls = Calls()
-
-    @app.handler
-    def echo(request: AsyncRequest) -> ChatResponse:
-        calls.add(request)
-        return reply(request)
+    app, calls = echo_app(make_app)
 
     request_url, response_url, dlq_url = urls(app)
     body = json.dumps(GO_STYLE_BODY)
@@ -418,13 +400,7 @@ def test_a_body_whose_tenant_attribute_disagrees_is_dead_lettered_unanswered(
 def test_a_body_with_a_top_level_properties_key_never_reaches_a_handler(
     make_app: Any, sqs_client: Any
 ) -> None:
-    app = make_app()
-    calls = Calls()
-
-    @app.handler
-    def echo(request: AsyncRequest) -> ChatResponse:
-        calls.add(request)
-        return reply(request)
+    app, calls = echo_app(make_app)
 
     request_url, _, dlq_url = urls(app)
     body = json.dumps(
@@ -459,13 +435,7 @@ def test_a_body_with_a_top_level_properties_key_never_reaches_a_handler(
 def test_an_invalid_raw_request_is_answered_with_the_reason_and_dead_lettered(
     chat: dict[str, Any], field: str, make_app: Any, sqs_client: Any
 ) -> None:
-    app = make_app()
-    calls = Calls()
-
-    @app.handler
-    def echo(request: AsyncRequest) -> ChatResponse:
-        calls.add(request)
-        return reply(request)
+    app, calls = echo_app(make_app)
 
     request_url, _, dlq_url = urls(app)
     body = json.dumps({"ID": "bad-1", "TenantID": "acme", "Request": chat})
@@ -485,13 +455,7 @@ def test_an_invalid_raw_request_is_answered_with_the_reason_and_dead_lettered(
 def test_a_request_answered_once_is_not_handled_again_when_it_comes_back(
     make_app: Any, sqs_client: Any
 ) -> None:
-    app = make_app()
-    calls = Calls()
-
-    @app.handler
-    def echo(request: AsyncRequest) -> ChatResponse:
-        calls.add(request)
-        return reply(request)
+    app, calls = echo_app(make_app)
 
     request_url, response_url, _ = urls(app)
     request = make_request("twice")

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from asyncllm import AsyncLLM, AsyncRequest, ChatResponse, provider_error
+from asyncllm import (
+    AsyncLLM,
+    AsyncRequest,
+    AsyncResponse,
+    ChatResponse,
+    QueueSetup,
+    provider_error,
+)
 from asyncllm._wire import ATTR_REASON, encode, make_attributes
 
 from .conftest import CHAT, running_worker
@@ -223,6 +230,23 @@ def call_times(calls: Path, request_id: str) -> list[float]:
     ]
 
 
+def run_rate_limited(
+    app: AsyncLLM, sqs_client: Any, timeout: float
+) -> tuple[AsyncRequest, AsyncResponse, QueueSetup]:
+    """Run one ``retry_once`` request through a worker; return it and its answer."""
+    install(app)
+    setup = app.check_queues()
+    request = new_request(handler="retry_once")
+    responses = ResponseReader(sqs_client, setup.response_url)
+
+    with running_worker(app):
+        send_requests(sqs_client, setup.request_url, [request])
+        responses.wait_for_ids([request.id], timeout=timeout)
+
+    (answer,) = responses.responses()[request.id]
+    return request, answer, setup
+
+
 def test_retry_after_runs_the_request_again_after_the_delay_without_using_an_attempt(
     make_app: Callable[..., AsyncLLM],
     sqs_client: Any,
@@ -231,16 +255,9 @@ def test_retry_after_runs_the_request_again_after_the_delay_without_using_an_att
 ) -> None:
     monkeypatch.setenv(RETRIES_ENV, "1")
     monkeypatch.setenv(RETRY_SECONDS_ENV, "2")
-    app = install(make_app())
-    setup = app.check_queues()
-    request = new_request(handler="retry_once")
-    responses = ResponseReader(sqs_client, setup.response_url)
 
-    with running_worker(app):
-        send_requests(sqs_client, setup.request_url, [request])
-        responses.wait_for_ids([request.id], timeout=20)
+    request, answer, _ = run_rate_limited(make_app(), sqs_client, timeout=20)
 
-    (answer,) = responses.responses()[request.id]
     assert answer.ok
     assert answer.attempts == 1
     first, second = call_times(calls, request.id)
@@ -255,16 +272,9 @@ def test_repeated_rate_limits_are_answered_and_never_dead_lettered(
 ) -> None:
     monkeypatch.setenv(RETRIES_ENV, "3")
     monkeypatch.setenv(RETRY_SECONDS_ENV, "1")
-    app = install(make_app())
-    setup = app.check_queues()
-    request = new_request(handler="retry_once")
-    responses = ResponseReader(sqs_client, setup.response_url)
 
-    with running_worker(app):
-        send_requests(sqs_client, setup.request_url, [request])
-        responses.wait_for_ids([request.id], timeout=30)
+    request, answer, setup = run_rate_limited(make_app(), sqs_client, timeout=30)
 
-    (answer,) = responses.responses()[request.id]
     assert answer.ok
     assert answer.attempts == 1
     assert count_calls(calls, request.id, "retry") == 3

@@ -22,6 +22,7 @@ from asyncllm import AsyncLLM, AsyncRequest, AsyncResponse, QueueOptions, QueueS
 from asyncllm._wire import encode, make_attributes
 
 from .conftest import CHAT
+from .support import depth as queue_depth  # noqa: F401 - re-exported
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 APP_PATH = "tests.process_apps:app"
@@ -93,17 +94,6 @@ def send_requests(
             flush()
     if batch:
         flush()
-
-
-def queue_depth(sqs_client: Any, queue_url: str) -> int:
-    """Visible plus in-flight plus delayed messages of a queue."""
-    names = [
-        "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed",
-    ]
-    reply = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)
-    return sum(int(reply["Attributes"].get(name, "0")) for name in names)
 
 
 @dataclass
