@@ -122,6 +122,7 @@ class DeadLetter:
     tenant_id: str | None
     reason: str
     age_seconds: float | None
+    attempts: int
 
     def summary(self, show_body: bool = False) -> dict[str, Any]:
         """The fields to print; the body (prompt text) only when asked."""
@@ -129,6 +130,7 @@ class DeadLetter:
             "request_id": self.request_id,
             "tenant_id": self.tenant_id,
             "reason": self.reason,
+            "attempts": self.attempts,
             "receives": self.message.receive_count,
             "age_seconds": round(self.age_seconds) if self.age_seconds else None,
         }
@@ -138,10 +140,18 @@ class DeadLetter:
         return line
 
 
-def _describe(message: Received) -> DeadLetter:
+def _describe(message: Received, max_receive_count: int) -> DeadLetter:
     values = attribute_values(message.attributes)
     body_id, body_tenant = peek_identity(message.body)
-    reason = values.get(ATTR_REASON) or "failed every attempt (redrive policy)"
+    earlier = _count(values.get(ATTR_FAILED_ATTEMPTS))
+    if ATTR_REASON in values:
+        # Sent here by a worker, which wrote down the attempts it made.
+        reason = values[ATTR_REASON]
+        attempts = earlier
+    else:
+        # Moved here by the redrive policy after its last receive.
+        reason = "failed every attempt (redrive policy)"
+        attempts = earlier + max_receive_count
     age = time.time() - message.sent_at if message.sent_at else None
     return DeadLetter(
         message=message,
@@ -149,16 +159,36 @@ def _describe(message: Received) -> DeadLetter:
         tenant_id=values.get("TenantID") or body_tenant,
         reason=reason,
         age_seconds=age,
+        attempts=attempts,
     )
 
 
+def _count(value: str | None) -> int:
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
 def dead_letters(
-    broker: Broker, dlq_url: str, limit: int, wait_seconds: float = 1
+    broker: Broker,
+    dlq_url: str,
+    limit: int,
+    wait_seconds: float = 1,
+    max_receive_count: int = 3,
 ) -> list[DeadLetter]:
     """Read up to ``limit`` dead letters, holding them hidden while listing.
 
     The caller must pass the result to `release` when done, so the messages
     are visible again at once.
+
+    Args:
+        broker: Where the dead-letter queue is.
+        dlq_url: The dead-letter queue.
+        limit: The most letters to read.
+        wait_seconds: Long-poll wait of each receive.
+        max_receive_count: The request queue's ``maxReceiveCount``, the
+            attempts of a letter the redrive policy moved.
     """
     found: list[DeadLetter] = []
     while len(found) < limit:
@@ -167,7 +197,7 @@ def dead_letters(
         )
         if not batch:
             break
-        found.extend(_describe(message) for message in batch)
+        found.extend(_describe(message, max_receive_count) for message in batch)
     return found
 
 

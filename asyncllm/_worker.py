@@ -118,8 +118,8 @@ class Worker:
         batch_delay: How long a response or delete waits for others to share
             its batch call, in seconds. Defaults to 0.02.
         receivers: Most ``ReceiveMessage`` calls in flight at once. One
-            always polls; the others join only while receives return
-            messages, so an idle worker makes one long poll at a time.
+            always polls; the others join only while receives come back
+            full, so an idle worker makes one long poll at a time.
             Defaults to one per 10 slots of ``concurrency``, at most 10.
         metrics: Where to count what happens. Defaults to counting nothing.
         log_payloads: Log request and response bodies at DEBUG. Defaults to
@@ -345,8 +345,9 @@ class Worker:
         """Receive into free slots until the worker stops.
 
         Receiver 0 always polls; the others only while there is a backlog
-        (the last receive returned messages). Slots are reserved before each
-        receive, so receivers together never take more than the free slots.
+        (the last receive came back full). Slots are reserved before each
+        receive, so receivers together never take more than the free slots,
+        and only one receive at a time asks for fewer than 10.
         """
         assert self._stopping is not None
         assert self._slot_freed is not None
@@ -356,7 +357,9 @@ class Worker:
                 await self._wait_for(self._backlog)
                 continue
             free = self.concurrency - len(self._in_flight) - self._reserved
-            if free <= 0:
+            if free <= 0 or (free < 10 and self._reserved > 0):
+                # A receive for fewer than 10 costs a call like a full one:
+                # leave small ones to a single receiver.
                 self._slot_freed.clear()
                 await self._wait_for(self._slot_freed)
                 continue
@@ -373,9 +376,9 @@ class Worker:
 
             for message in messages:
                 self._start(message)
-            if messages:
+            if len(messages) == 10:
                 self._backlog.set()
-            else:
+            elif len(messages) < wanted:
                 self._backlog.clear()
             if not messages and self.wait_time_seconds == 0:
                 # Short polling returns at once: pause, or an idle worker spins.
@@ -691,7 +694,9 @@ class Worker:
             retryable=False,
         )
         await self._publish_error(state, info)
-        await self._dead_letter(state.message, f"terminal error: {error.message}")
+        await self._dead_letter(
+            state.message, f"terminal error: {error.message}", state.attempt
+        )
         self._count(state, "failed")
         self._count(state, "dead_lettered")
         request_id = state.request.id if state.request else state.message.message_id
@@ -788,7 +793,7 @@ class Worker:
             await self._change_visibility(state, 0)
         else:
             # A copy re-queued after a rate limit has receives left.
-            await self._dead_letter(state.message, reason)
+            await self._dead_letter(state.message, reason, state.attempt)
 
     def _backoff(self, attempt: int) -> int:
         delay = self.retry_backoff_seconds * 2.0 ** (attempt - 1)
@@ -875,14 +880,19 @@ class Worker:
             )
             with contextlib.suppress(InvalidMessage, TransportError, ValidationError):
                 await self._publish(answer)
-        await self._dead_letter(message, reason)
+        await self._dead_letter(message, reason, 0)
         self.metrics.dead_lettered("unknown", tenant_id or "unknown")
 
-    async def _dead_letter(self, message: Received, reason: str) -> None:
-        """Copy a message to the dead-letter queue with a reason, then delete it."""
+    async def _dead_letter(self, message: Received, reason: str, attempts: int) -> None:
+        """Copy a message to the dead-letter queue with a reason, then delete it.
+
+        The copy carries the reason and the attempts made (0 for a message no
+        handler ran), which ``dlq list`` shows.
+        """
         assert self.setup is not None
         attributes = _copy_attributes(message)
         attributes[ATTR_REASON] = {"DataType": "String", "StringValue": reason[:1024]}
+        attributes[ATTR_FAILED_ATTEMPTS] = _number(attempts)
         try:
             await self._call(
                 self.app.broker.send,

@@ -512,12 +512,17 @@ def dlq_list(
     show_body: bool,
     as_json: bool,
 ) -> None:
-    """List dead-lettered requests: id, tenant, reason, receives and age."""
+    """List dead-lettered requests: id, tenant, attempts, age and reason."""
     from ._ops import dead_letters, release
 
     app = load_app(app_path)
     setup = app.check_queues()
-    letters = dead_letters(app.broker, setup.dead_letter_url, limit)
+    letters = dead_letters(
+        app.broker,
+        setup.dead_letter_url,
+        limit,
+        max_receive_count=setup.max_receive_count,
+    )
     try:
         for letter in _matching(letters, tenant, reason, ()):
             line = letter.summary(show_body)
@@ -526,7 +531,7 @@ def dlq_list(
             else:
                 click.echo(
                     f"{line['request_id'] or '-'}  {line['tenant_id'] or '-'}  "
-                    f"receives={line['receives']}  age={_age(letter.age_seconds)}  "
+                    f"attempts={line['attempts']}  age={_age(letter.age_seconds)}  "
                     f"{line['reason']}" + (f"\n    {line['body']}" if show_body else "")
                 )
     finally:
@@ -553,7 +558,12 @@ def dlq_redrive(
 
     app = load_app(app_path)
     setup = app.check_queues()
-    letters = dead_letters(app.broker, setup.dead_letter_url, limit)
+    letters = dead_letters(
+        app.broker,
+        setup.dead_letter_url,
+        limit,
+        max_receive_count=setup.max_receive_count,
+    )
     chosen = _matching(letters, tenant, None, ids)
     try:
         for letter in chosen:

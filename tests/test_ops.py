@@ -127,7 +127,7 @@ def dead_letters(make_app: AppFactory, sqs_client: Any) -> DeadLetters:
             "TenantID": {"DataType": "String", "StringValue": "acme"},
             "RequestID": {"DataType": "String", "StringValue": "r-rate-limited"},
             ATTR_REASON: {"DataType": "String", "StringValue": RATE_REASON},
-            ATTR_FAILED_ATTEMPTS: {"DataType": "Number", "StringValue": "2"},
+            ATTR_FAILED_ATTEMPTS: {"DataType": "Number", "StringValue": "3"},
             ATTR_RATE_LIMITS: {"DataType": "Number", "StringValue": "20"},
         },
     )
@@ -148,7 +148,7 @@ def listed(result: Result) -> dict[str, dict[str, Any]]:
     return {entry["request_id"]: entry for entry in entries}
 
 
-def test_dlq_list_shows_id_tenant_reason_receives_and_age_but_no_prompt_text(
+def test_dlq_list_shows_id_tenant_reason_attempts_and_age_but_no_prompt_text(
     runner: CliRunner, env: dict[str, str], dead_letters: DeadLetters, sqs_client: Any
 ) -> None:
     result = invoke(runner, env, "dlq", "list")
@@ -165,13 +165,32 @@ def test_dlq_list_shows_id_tenant_reason_receives_and_age_but_no_prompt_text(
     assert lines[dead_letters.shut_globex].split()[1] == "globex"
     assert f"terminal error: {GATE_SHUT}" in lines[dead_letters.shut_acme]
     assert RATE_REASON in lines[dead_letters.rate_limited_acme]
+    assert "attempts=1" in lines[dead_letters.shut_acme]
+    assert "attempts=1" in lines[dead_letters.shut_globex]
+    assert "attempts=3" in lines[dead_letters.rate_limited_acme]
     for line in lines.values():
-        assert "receives=1" in line
         assert "age=" in line
         assert "age=-" not in line
     assert PROMPT not in result.output
     assert "Okafor" not in result.output
     assert after == (3, 0)
+
+
+def test_a_letter_the_redrive_policy_moved_lists_the_queues_max_receives_as_attempts(
+    runner: CliRunner, env: dict[str, str], make_app: AppFactory, sqs_client: Any
+) -> None:
+    setup = make_app().check_queues()
+    sqs_client.send_message(  # as SQS moves it: no asyncllm attribute added
+        QueueUrl=setup.dead_letter_url, MessageBody=request_body("r-moved", "acme")
+    )
+
+    first = invoke(runner, env, "dlq", "list")
+    second = invoke(runner, env, "dlq", "list")
+
+    for result in (first, second):
+        assert result.exit_code == 0, result.output
+        assert "attempts=3" in result.stdout
+        assert "failed every attempt (redrive policy)" in result.stdout
 
 
 def test_dlq_list_prints_the_prompt_text_only_with_show_body(
@@ -187,6 +206,7 @@ def test_dlq_list_prints_the_prompt_text_only_with_show_body(
     for entry in with_body.values():
         assert PROMPT in entry["body"]
         assert entry["receives"] >= 1
+        assert entry["attempts"] >= 1
         assert entry["age_seconds"] is not None
     assert after == (3, 0)
 
