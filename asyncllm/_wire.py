@@ -204,6 +204,8 @@ def _load_object(body: str | bytes, check_unicode: bool = True) -> dict[str, Any
         )
     except json.JSONDecodeError as exc:
         raise InvalidMessage(f"body is not JSON: {exc}") from None
+    except _DuplicateKey as exc:
+        raise InvalidMessage(f"body is ambiguous: {exc}") from None
     except ValueError as exc:
         raise InvalidMessage(f"body is not JSON: {exc}") from None
     except RecursionError:
@@ -262,6 +264,10 @@ def _as_text(body: str | bytes) -> str:
         raise InvalidMessage(f"body is not UTF-8 text: {exc.reason}") from None
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice."""
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """Build a JSON object, refusing a key given twice.
 
@@ -272,7 +278,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(data) != len(pairs):
         keys = [key for key, _ in pairs]
         twice = next(key for key in keys if keys.count(key) > 1)
-        raise ValueError(f"the key {twice!r} appears twice in one object")
+        raise _DuplicateKey(f"the key {twice!r} appears twice in one object")
     return data
 
 
