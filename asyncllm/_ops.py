@@ -25,6 +25,7 @@ from ._wire import (
     ATTR_RATE_LIMITS,
     ATTR_REASON,
     attribute_values,
+    count_value,
     peek_identity,
 )
 
@@ -143,7 +144,7 @@ class DeadLetter:
 def _describe(message: Received, max_receive_count: int) -> DeadLetter:
     values = attribute_values(message.attributes)
     body_id, body_tenant = peek_identity(message.body)
-    earlier = _count(values.get(ATTR_FAILED_ATTEMPTS))
+    earlier = count_value(values.get(ATTR_FAILED_ATTEMPTS))
     if ATTR_REASON in values:
         # Sent here by a worker, which wrote down the attempts it made.
         reason = values[ATTR_REASON]
@@ -161,13 +162,6 @@ def _describe(message: Received, max_receive_count: int) -> DeadLetter:
         age_seconds=age,
         attempts=attempts,
     )
-
-
-def _count(value: str | None) -> int:
-    try:
-        return max(0, int(value or 0))
-    except ValueError:
-        return 0
 
 
 def dead_letters(

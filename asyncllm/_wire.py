@@ -142,6 +142,18 @@ def attribute_values(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str, s
     return values
 
 
+def count_value(value: str | None) -> int:
+    """Read a count attribute (such as ``AsyncLLMFailedAttempts``) leniently.
+
+    A missing, malformed or negative value counts as 0: a count written by
+    another producer must not stop a message from being processed.
+    """
+    try:
+        return max(0, int(value or 0))
+    except ValueError:
+        return 0
+
+
 def decode_request(
     body: str | bytes, attributes: Mapping[str, str] | None = None
 ) -> AsyncRequest:

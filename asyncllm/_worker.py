@@ -53,6 +53,7 @@ from ._wire import (
     ATTR_TENANT_ID,
     attribute_values,
     check_size,
+    count_value,
     decode_request,
     describe_validation_error,
     encode,
@@ -420,8 +421,9 @@ class Worker:
         values = attribute_values(message.attributes)
         state = _InFlight(
             message,
-            attempt=_count(values.get(ATTR_FAILED_ATTEMPTS)) + message.receive_count,
-            rate_limits=_count(values.get(ATTR_RATE_LIMITS)),
+            attempt=count_value(values.get(ATTR_FAILED_ATTEMPTS))
+            + message.receive_count,
+            rate_limits=count_value(values.get(ATTR_RATE_LIMITS)),
         )
         task = asyncio.ensure_future(self._process(state))
         self._in_flight[task] = state
@@ -508,7 +510,7 @@ class Worker:
         to send, the message is released as before.
         """
         values = attribute_values(message.attributes)
-        used = _count(values.get(ATTR_FAILED_ATTEMPTS)) + message.receive_count - 1
+        used = count_value(values.get(ATTR_FAILED_ATTEMPTS)) + message.receive_count - 1
         copy = _copy_attributes(message)
         copy[ATTR_FAILED_ATTEMPTS] = _number(used)
         try:
@@ -1004,13 +1006,6 @@ def _as_response(result: Any) -> ChatResponse | BaseException:
 def _ledger_key(request: AsyncRequest) -> str:
     """The ledger's key: tenant and id, so one tenant's id never hides another's."""
     return json.dumps([request.tenant_id, request.id])
-
-
-def _count(value: str | None) -> int:
-    try:
-        return max(0, int(value or 0))
-    except ValueError:
-        return 0
 
 
 def _log_error_text(request_id: str, error: BaseException, state: _InFlight) -> None:
