@@ -170,7 +170,7 @@ def decode_request(
     Raises:
         InvalidMessage: The body is not a request; ``reason`` says why.
     """
-    data = _load_object(body)
+    data = load_object(body)
     fields = _map_schema(data, _REQUEST_GO_NAMES)
     if "id" not in fields:
         raise InvalidMessage("id: Field required (a queued request must carry its id)")
@@ -185,7 +185,7 @@ def decode_response(body: str | bytes) -> AsyncResponse:
     Raises:
         InvalidMessage: The body is not a response; ``reason`` says why.
     """
-    data = _load_object(body)
+    data = load_object(body)
     fields = _map_schema(data, _RESPONSE_GO_NAMES)
     return _validate(AsyncResponse, fields)
 
@@ -197,7 +197,7 @@ def peek_identity(body: str | bytes) -> tuple[str | None, str | None]:
     returns None for anything that cannot be read plainly.
     """
     try:
-        data = _load_object(body, check_unicode=False)
+        data = load_object(body, check_unicode=False)
     except InvalidMessage:
         return None, None
     request_id = data.get("id", data.get("ID"))
@@ -208,7 +208,17 @@ def peek_identity(body: str | bytes) -> tuple[str | None, str | None]:
     )
 
 
-def _load_object(body: str | bytes, check_unicode: bool = True) -> dict[str, Any]:
+def load_object(body: str | bytes, check_unicode: bool = True) -> dict[str, Any]:
+    """Parse a body that must be one JSON object, by the queue's rules.
+
+    Refused, each with a reason: text that is not UTF-8 or not JSON, ``NaN``
+    and ``Infinity``, a key given twice in one object, nesting deeper than
+    `MAX_NESTING`, anything but an object, and (with ``check_unicode``) lone
+    surrogates.
+
+    Raises:
+        InvalidMessage: The body breaks one of the rules; ``reason`` says how.
+    """
     text = _as_text(body)
     try:
         data = json.loads(

@@ -313,7 +313,16 @@ def test_an_invalid_request_gets_422_naming_the_field(
 
 @pytest.mark.parametrize(
     "content",
-    [b"not json", b"[1, 2]", b'{"model": NaN}', b"[" * 100 + b"]" * 100, b"\xff"],
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"model": NaN}',
+        b"[" * 100 + b"]" * 100,
+        b'{"a":' * 70 + b"1" + b"}" * 70,
+        b"[" * 30_000 + b"]" * 30_000,
+        b"\xff",
+        b'{"model": "m", "model": "n", "messages": []}',
+    ],
 )
 def test_a_body_that_is_not_a_json_object_gets_400(
     shared: Shared, content: bytes

@@ -6,7 +6,6 @@ thread and never on the event loop.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -36,7 +35,7 @@ from .._models import AsyncRequest
 from .._results import Status
 from .._version import __version__
 from .._webhooks import UnsafeWebhookTarget, WebhookSettings, check_webhook_url
-from .._wire import _format_location
+from .._wire import _format_location, load_object, nesting_depth
 from ._background import CollectorThread
 from ._keys import ApiKey, ApiKeys
 from ._metrics import GatewayMetrics
@@ -372,39 +371,13 @@ def _too_large(limit: int) -> GatewayError:
 def _parse_object(raw: bytes) -> dict[str, Any]:
     """Parse the body as one JSON object (400 otherwise)."""
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise GatewayError(
-            400, "invalid_json", f"the body is not JSON: {exc}"
-        ) from None
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        message = f"the body is JSON {kind}; expected an object"
-        raise GatewayError(400, "invalid_json", message)
-    if _depth(data) > MAX_JSON_DEPTH:
+        data = load_object(raw, check_unicode=False)
+    except InvalidMessage as exc:
+        raise GatewayError(400, "invalid_json", f"the {exc.reason}") from None
+    if nesting_depth(data) > MAX_JSON_DEPTH:
         message = f"the body nests deeper than {MAX_JSON_DEPTH} levels"
         raise GatewayError(400, "invalid_json", message)
     return data
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _depth(data: Any) -> int:
-    """How deeply a JSON value nests, counted without recursion."""
-    deepest = 0
-    stack = [(data, 1)]
-    while stack:
-        value, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > MAX_JSON_DEPTH:
-            break
-        if isinstance(value, dict):
-            stack.extend((child, level + 1) for child in value.values())
-        elif isinstance(value, list):
-            stack.extend((child, level + 1) for child in value)
-    return deepest
 
 
 def _build_request(
