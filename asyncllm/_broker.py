@@ -248,7 +248,10 @@ def _translate_errors(action: str, queue_url: str) -> Iterator[None]:
         text = f"{action} on {queue_url} failed: {code}: {exc}"
         if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
             raise QueueNotFound(text) from exc
-        if "ReceiptHandleIsInvalid" in code or "InvalidParameterValue" in code:
+        if "ReceiptHandleIsInvalid" in code or (
+            # A send's InvalidParameterValue is about the message, not a receipt.
+            "InvalidParameterValue" in code and not action.startswith("Send")
+        ):
             raise MessageGone(text) from exc
         raise TransportError(text) from exc
     except BotoCoreError as exc:

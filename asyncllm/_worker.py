@@ -371,6 +371,8 @@ class Worker:
                 messages = await self._poll(setup.request_url, wanted)
             finally:
                 self._reserved -= wanted
+                # Receivers waiting for this receive to end may poll now.
+                self._slot_freed.set()
             if self._stopping.is_set():
                 await self._release_all(messages)
                 return
@@ -696,9 +698,10 @@ class Worker:
             retryable=False,
         )
         await self._publish_error(state, info)
-        await self._dead_letter(
-            state.message, f"terminal error: {error.message}", state.attempt
-        )
+        # The reason is shown by `dlq list`; the message may quote the prompt
+        # and goes only into the error response.
+        reason = f"terminal error: {type(error).__name__}, code {error.code}"
+        await self._dead_letter(state.message, reason, state.attempt)
         self._count(state, "failed")
         self._count(state, "dead_lettered")
         request_id = state.request.id if state.request else state.message.message_id
@@ -870,11 +873,14 @@ class Worker:
         )
         # Answer only when it is plain whom to answer: attributes that disagree
         # with the body could misdirect the error to another tenant's request.
+        # Answer on the first receive only: a message that could not be
+        # dead-lettered comes back until the redrive policy moves it.
         if (
             request_id
             and tenant_id
             and attribute_tenant in (None, tenant_id)
             and attribute_id in (None, request_id)
+            and message.receive_count <= 1
         ):
             error = ErrorInfo(type=kind, message=reason, retryable=False)
             answer = AsyncResponse(
@@ -889,28 +895,36 @@ class Worker:
         """Copy a message to the dead-letter queue with a reason, then delete it.
 
         The copy carries the reason and the attempts made (0 for a message no
-        handler ran), which ``dlq list`` shows.
+        handler ran), which ``dlq list`` shows. Should the queue refuse that
+        copy (a body near the size limit has no room for more attributes), a
+        copy with the message's own attributes is tried; should that fail
+        too, the message is made visible at once so that the redrive policy
+        moves it after its remaining receives.
         """
         assert self.setup is not None
-        attributes = _copy_attributes(message)
-        attributes[ATTR_REASON] = {"DataType": "String", "StringValue": reason[:1024]}
-        attributes[ATTR_FAILED_ATTEMPTS] = _number(attempts)
-        try:
-            await self._call(
-                self.app.broker.send,
-                self.setup.dead_letter_url,
-                message.body,
-                attributes,
-            )
-        except TransportError as exc:
-            logger.error(
-                "message %s could not be dead-lettered, leaving it to the redrive "
-                "policy: %s",
-                message.message_id,
-                exc,
-            )
+        labelled = _copy_attributes(message)
+        labelled[ATTR_REASON] = {"DataType": "String", "StringValue": reason[:1024]}
+        labelled[ATTR_FAILED_ATTEMPTS] = _number(attempts)
+        for attributes in (labelled, _copy_attributes(message)):
+            try:
+                await self._call(
+                    self.app.broker.send,
+                    self.setup.dead_letter_url,
+                    message.body,
+                    attributes,
+                )
+            except TransportError as exc:
+                error = exc
+                continue
+            await self._delete(message)
             return
-        await self._delete(message)
+        logger.error(
+            "message %s could not be dead-lettered, leaving it to the redrive "
+            "policy: %s",
+            message.message_id,
+            error,
+        )
+        await self._release(message)
 
     async def _heartbeat(self, state: _InFlight, done: asyncio.Event) -> None:
         """Keep the message invisible while its handler runs, until ``done``."""

@@ -408,6 +408,8 @@ def test_the_metrics_count_calls_by_route_template_and_status_and_tenants(
         client.get("/v1/async/no-such-id", headers=ACME)
         client.get("/v1/async/no-such-id")
         client.get("/not/a/route")
+        for verb in ("BREW", "PROPFIND", "XYZZY"):
+            client.request(verb, "/v1/async/chat", headers=ACME)
         samples = scrape(client)
 
     def calls(route: str, method: str, status: int) -> float:
@@ -424,8 +426,17 @@ def test_the_metrics_count_calls_by_route_template_and_status_and_tenants(
     assert samples[(submitted, frozenset({("tenant", "acme")}))] == 1
     assert samples[(submitted, frozenset({("tenant", "globex")}))] == 1
     timed = "asyncllm_gateway_http_request_duration_seconds_count"
-    assert samples[(timed, frozenset({("route", "/v1/async/chat")}))] == 3
+    # Three POSTs and three calls with unusual methods (405).
+    assert samples[(timed, frozenset({("route", "/v1/async/chat")}))] == 6
     assert not any("no-such-id" in str(labels) for _, labels in samples)
+    methods = {
+        value
+        for name, labels in samples
+        if name == "asyncllm_gateway_http_requests_total"
+        for key, value in labels
+        if key == "method"
+    }
+    assert methods == {"GET", "POST", "other"}
 
 
 def test_metrics_can_be_turned_off(make_app: Any) -> None:

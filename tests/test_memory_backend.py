@@ -130,7 +130,8 @@ def test_a_terminal_error_is_answered_once_and_dead_lettered_at_once(
     assert answer.error is not None
     assert answer.error.code == "invalid_api_key"
     assert json.loads(dead[0]["body"])["id"] == "terminal-1"
-    assert "invalid api key" in attribute(dead[0], ATTR_REASON)
+    assert "code invalid_api_key" in attribute(dead[0], ATTR_REASON)
+    assert "invalid api key" not in attribute(dead[0], ATTR_REASON)
 
 
 def test_an_unknown_handler_and_a_poison_body_go_to_the_dlq_and_the_worker_goes_on(

@@ -24,7 +24,7 @@ from asyncllm._broker import Received, SQSBroker
 from asyncllm._wire import ATTR_REASON
 
 from .conftest import CHAT, running_worker
-from .support import Calls, depth, drain, receive, string_attributes
+from .support import Calls, depth, drain, receive, string_attributes, wait_for
 
 GO_STYLE_BODY = {
     "ID": "go-7c1d-7b3a",
@@ -286,7 +286,9 @@ def test_a_terminal_error_is_answered_once_and_dead_lettered_at_once(
     assert answer.error.status_code == 400
     assert answer.error.retryable is False
     assert [m["Body"] for m in dead] == [encode(request)]
-    assert "context length exceeded" in string_attributes(dead[0])[ATTR_REASON]
+    reason = string_attributes(dead[0])[ATTR_REASON]
+    assert reason == "terminal error: TerminalError, code context_length_exceeded"
+    assert answer.error.message == "context length exceeded"
     assert depth(sqs_client, request_url) == 0
 
 
@@ -627,3 +629,66 @@ def test_a_message_delivered_again_while_it_runs_is_not_run_twice(
     assert depth(sqs_client, request_url) == 0
     assert depth(sqs_client, dead_letter_url) == 0
     assert responses_for(sqs_client, response_url, handle.id) == []  # collected
+
+
+def test_receivers_go_on_polling_after_a_full_receive_and_an_idle_spell(
+    make_app: Any,
+) -> None:
+    app, calls = echo_app(make_app)
+
+    first = app.submit_many([CHAT] * 10, tenant_id="acme")
+    with running_worker(app, concurrency=15, receivers=2, wait_time_seconds=1):
+        app.wait(first, timeout=30)
+        time.sleep(3)  # every receive comes back empty for a while
+        later = app.submit_many([CHAT] * 2, tenant_id="acme")
+        answers = app.wait(later, timeout=20)
+
+    assert [answer.ok for answer in answers] == [True, True]
+    assert set(calls.counts) == {handle.id for handle in [*first, *later]}
+
+
+def test_a_message_the_dead_letter_queue_refuses_is_answered_once_and_redriven(
+    app_settings: dict[str, Any], sqs_client: Any
+) -> None:
+    # A dead-letter queue whose size limit leaves no room for the copy.
+    dlq_url = sqs_client.create_queue(
+        QueueName=f"{app_settings['request_queue']}-dlq",
+        Attributes={"MaximumMessageSize": "1024"},
+    )["QueueUrl"]
+    dlq_arn = sqs_client.get_queue_attributes(
+        QueueUrl=dlq_url, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})
+    request_url = sqs_client.create_queue(
+        QueueName=app_settings["request_queue"],
+        Attributes={"VisibilityTimeout": "2", "RedrivePolicy": policy},
+    )["QueueUrl"]
+    response_url = sqs_client.create_queue(QueueName=app_settings["response_queue"])[
+        "QueueUrl"
+    ]
+    app = AsyncLLM("small-dlq", **app_settings)
+    body = json.dumps(
+        {
+            "id": "too-big-to-copy",
+            "tenant_id": "acme",
+            "request": {"model": "m", "messages": [], "pad": "z" * 2000},
+        }
+    )
+
+    @app.handler
+    def echo(request: AsyncRequest) -> ChatResponse:
+        return reply(request, "still here")
+
+    with running_worker(app):
+        sqs_client.send_message(QueueUrl=request_url, MessageBody=body)
+        wait_for(lambda: depth(sqs_client, request_url) == 0, timeout=30)
+        refusals = responses_for(sqs_client, response_url, "too-big-to-copy")
+        good = app.submit(CHAT, tenant_id="acme")
+        answer = good.get(timeout=20)
+    app.close()
+
+    assert answer.content == "still here"
+    assert len(refusals) == 1
+    assert "messages" in refusals[0]["error"]["message"]
+    # The redrive policy moved it after its three receives, as SQS would.
+    assert [m["Body"] for m in receive(sqs_client, dlq_url)] == [body]

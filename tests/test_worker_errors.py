@@ -218,7 +218,7 @@ def test_a_terminal_error_gets_one_call_one_error_response_and_the_dlq_at_once(
     assert count_calls(calls, request.id) == 1
     (dead,) = dead_letters.messages
     assert dead["Body"] == encode(request)
-    assert reason_of(dead) == "terminal error: the test says no"
+    assert reason_of(dead) == "terminal error: TerminalError, code test_terminal"
     assert queue_depth(sqs_client, setup.request_url) == 0
 
 

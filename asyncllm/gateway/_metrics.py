@@ -3,7 +3,8 @@
 Calls are counted by route template (``/v1/async/{request_id}``, never the
 id itself), method and status, and timed by route; submissions are counted
 by tenant. Every label set is bounded: a path no route matches counts as
-``other``, and tenants past ``max_tenants`` share the label ``other``.
+``other``, so does a method outside the usual seven, and tenants past
+``max_tenants`` share the label ``other``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.responses import Response
 __all__ = ["GatewayMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -68,7 +70,8 @@ class GatewayMetrics:
         finally:
             route = _route_of(request)
             self._latency.labels(route).observe(time.perf_counter() - began)
-            self._calls.labels(route, request.method, str(status)).inc()
+            method = request.method if request.method in _METHODS else "other"
+            self._calls.labels(route, method, str(status)).inc()
 
     def submitted(self, tenant: str) -> None:
         """Count a chat request queued for ``tenant``."""
