@@ -19,6 +19,7 @@ from asyncllm._broker import MessageGone, Outgoing, SQSBroker
 from asyncllm._errors import TransportError
 
 from .conftest import CHAT, running_worker, test_queue_options
+from .support import Calls
 
 
 class FlakyBroker(MemoryBroker):
@@ -60,16 +61,14 @@ def flaky_app(failure_rate: float) -> tuple[AsyncLLM, FlakyBroker, Counter[str]]
     broker = FlakyBroker(failure_rate, seed=7)
     app._broker = broker
     app.create_queues(test_queue_options())
-    calls: Counter[str] = Counter()
-    lock = threading.Lock()
+    calls = Calls()
 
     @app.handler
     async def echo(request: AsyncRequest) -> ChatResponse:
-        with lock:
-            calls[request.id] += 1
+        calls.add(request)
         return ChatResponse.from_text("ok", model="echo")
 
-    return app, broker, calls
+    return app, broker, calls.counts
 
 
 def response_ids(broker: MemoryBroker, queue: str) -> Counter[str]:
@@ -178,13 +177,11 @@ def test_heartbeats_of_requests_received_together_share_batch_calls(
     app = make_app()
     broker = RecordingSQSBroker(app.settings)
     app._broker = broker
-    calls: Counter[str] = Counter()
-    lock = threading.Lock()
+    calls = Calls()
 
     @app.handler
     async def slow(request: AsyncRequest) -> ChatResponse:
-        with lock:
-            calls[request.id] += 1
+        calls.add(request)
         # Two and a half visibility timeouts of 2 s: needs several heartbeats.
         await asyncio.sleep(5)
         return ChatResponse.from_text("ok", model="slow")
@@ -194,7 +191,7 @@ def test_heartbeats_of_requests_received_together_share_batch_calls(
         answers = [handle.get(timeout=60) for handle in handles]
 
     assert [answer.content for answer in answers] == ["ok"] * 10
-    assert calls == Counter({handle.id: 1 for handle in handles})
+    assert calls.counts == Counter({handle.id: 1 for handle in handles})
     assert broker.single_calls == 0
     assert sum(broker.batch_sizes) >= 20  # at least two beats per request
     assert max(broker.batch_sizes) > 1
