@@ -14,10 +14,32 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["Metrics", "PrometheusMetrics"]
+__all__ = ["Metrics", "PrometheusMetrics", "TenantLabels"]
 
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _DWELL_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400)
+
+
+class TenantLabels:
+    """Bounded tenant labels: the first ``limit`` tenants seen keep their own.
+
+    Later tenants share the label ``other``. Safe to call from any thread.
+
+    Args:
+        limit: Tenants with a label of their own.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, tenant: str) -> str:
+        """Return the label for ``tenant``."""
+        with self._lock:
+            if tenant not in self._seen and len(self._seen) < self._limit:
+                self._seen.add(tenant)
+            return tenant if tenant in self._seen else "other"
 
 
 class Metrics:
@@ -61,9 +83,7 @@ class PrometheusMetrics(Metrics):
 
         self.registry = CollectorRegistry()
         self._handlers = set(handlers)
-        self._tenants: set[str] = set()
-        self._max_tenants = max_tenants
-        self._lock = threading.Lock()
+        self._tenant_label = TenantLabels(max_tenants)
         self._servers: list[tuple[Any, threading.Thread]] = []
         labels = ["handler", "tenant"]
 
@@ -122,11 +142,8 @@ class PrometheusMetrics(Metrics):
             thread.join(5)
 
     def _labels(self, handler: str, tenant: str) -> tuple[str, str]:
-        with self._lock:
-            if tenant not in self._tenants and len(self._tenants) < self._max_tenants:
-                self._tenants.add(tenant)
-            tenant_label = tenant if tenant in self._tenants else "other"
-        return (handler if handler in self._handlers else "unknown"), tenant_label
+        handler_label = handler if handler in self._handlers else "unknown"
+        return handler_label, self._tenant_label(tenant)
 
     def received(self, handler: str, tenant: str, dwell_seconds: float | None) -> None:
         """Count a received request and its time on the queue."""

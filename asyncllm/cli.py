@@ -24,7 +24,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -41,10 +41,13 @@ from ._errors import (
 from ._logging import configure_logging
 from ._metrics import Metrics
 from ._models import AsyncRequest, AsyncResponse
-from ._queues import QueueOptions
+from ._queues import QueueOptions, QueueSetup
 from ._results import Status
 from ._version import __version__
 from ._wire import describe_validation_error
+
+if TYPE_CHECKING:
+    from ._ops import DeadLetter
 
 __all__ = [
     "EXIT_EXPIRED",
@@ -513,16 +516,9 @@ def dlq_list(
     as_json: bool,
 ) -> None:
     """List dead-lettered requests: id, tenant, attempts, age and reason."""
-    from ._ops import dead_letters, release
+    from ._ops import release
 
-    app = load_app(app_path)
-    setup = app.check_queues()
-    letters = dead_letters(
-        app.broker,
-        setup.dead_letter_url,
-        limit,
-        max_receive_count=setup.max_receive_count,
-    )
+    app, _, letters = _read_dead_letters(app_path, limit)
     try:
         for letter in _matching(letters, tenant, reason, ()):
             line = letter.summary(show_body)
@@ -536,6 +532,26 @@ def dlq_list(
                 )
     finally:
         release(app.broker, letters)
+
+
+def _read_dead_letters(
+    app_path: str | None, limit: int
+) -> tuple[AsyncLLM, QueueSetup, list[DeadLetter]]:
+    """Load the app, check its queues and read up to ``limit`` dead letters.
+
+    The letters stay hidden until passed to `release` (or moved).
+    """
+    from ._ops import dead_letters
+
+    app = load_app(app_path)
+    setup = app.check_queues()
+    letters = dead_letters(
+        app.broker,
+        setup.dead_letter_url,
+        limit,
+        max_receive_count=setup.max_receive_count,
+    )
+    return app, setup, letters
 
 
 @dlq.command("redrive")
@@ -554,16 +570,9 @@ def dlq_redrive(
     dry_run: bool,
 ) -> None:
     """Send dead-lettered requests back to the request queue, attempts reset."""
-    from ._ops import dead_letters, redrive, release
+    from ._ops import redrive, release
 
-    app = load_app(app_path)
-    setup = app.check_queues()
-    letters = dead_letters(
-        app.broker,
-        setup.dead_letter_url,
-        limit,
-        max_receive_count=setup.max_receive_count,
-    )
+    app, setup, letters = _read_dead_letters(app_path, limit)
     chosen = _matching(letters, tenant, None, ids)
     try:
         for letter in chosen:

@@ -9,13 +9,14 @@ by tenant. Every label set is bounded: a path no route matches counts as
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+
+from .._metrics import TenantLabels
 
 __all__ = ["GatewayMetrics"]
 
@@ -36,9 +37,7 @@ class GatewayMetrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
-        self._max_tenants = max_tenants
-        self._tenants: set[str] = set()
-        self._lock = threading.Lock()
+        self._tenant_label = TenantLabels(max_tenants)
         self._calls = Counter(
             "asyncllm_gateway_http_requests_total",
             "HTTP calls answered, by route template, method and status",
@@ -82,15 +81,6 @@ class GatewayMetrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-    def _tenant_label(self, tenant: str) -> str:
-        with self._lock:
-            if tenant in self._tenants:
-                return tenant
-            if len(self._tenants) < self._max_tenants:
-                self._tenants.add(tenant)
-                return tenant
-        return "other"
 
 
 def _route_of(request: Request) -> str:
